@@ -1,0 +1,3 @@
+//! The `kpl` command-line tool.
+
+fn main() {}

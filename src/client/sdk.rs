@@ -1,0 +1,1 @@
+//! Kinesis over aws-sdk-kinesis (filled in by the client work).

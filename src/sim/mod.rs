@@ -1,0 +1,1 @@
+//! `kpl sim`: embedded ferrokinesis with shard limits and a fault layer.
