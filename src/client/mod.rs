@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::hash::HashRange;
 
+pub mod memory;
 pub mod sdk;
 
 /// A boxed, sendable future: what [`KinesisApi`] methods return, so the trait stays

@@ -1,1 +1,506 @@
-//! Kinesis over aws-sdk-kinesis (filled in by the client work).
+//! [`KinesisApi`] over aws-sdk-kinesis: SDK retries off (the pipeline owns retries), a short
+//! attempt timeout, rustls with ring for TLS, and errors classified on their `code()` strings.
+//!
+//! Also the calls the CLI and the tests need beyond the producer's three (read a shard, create,
+//! reshard), as inherent methods.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
+use aws_smithy_http_client::tls;
+
+use crate::client::{
+    ApiError, ApiErrorKind, BoxFuture, KinesisApi, ListShardsPage, PutRecordsEntry,
+    PutRecordsResultEntry, ShardInfo, StreamId, StreamSummary,
+};
+use crate::hash::{HashKey, HashRange};
+
+/// Timeout for establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Region used when an endpoint is given and no region is configured anywhere.
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// Where and how to connect.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Endpoint URL; `None` uses aws-config's (`AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL`,
+    /// or the region's real endpoint).
+    pub endpoint_url: Option<String>,
+    /// Region; `None` uses aws-config's chain.
+    pub region: Option<String>,
+    /// Timeout of one call attempt.
+    pub attempt_timeout: Duration,
+}
+
+/// Kinesis through the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct SdkKinesis {
+    client: Client,
+}
+
+/// The HTTP client: hyper with rustls on ring (no aws-lc, no OpenSSL).
+pub fn https_client() -> aws_sdk_kinesis::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+impl SdkKinesis {
+    /// Wraps a client as configured by the caller (keep its retries off).
+    pub fn new(client: Client) -> Self {
+        SdkKinesis { client }
+    }
+
+    /// A client from `sdk` with SDK retries off and `attempt_timeout` per call attempt.
+    pub fn from_sdk_config(sdk: &SdkConfig, attempt_timeout: Duration) -> Self {
+        let mut builder = aws_sdk_kinesis::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .connect_timeout(Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS))
+                    .build(),
+            );
+        if sdk.http_client().is_none() {
+            builder = builder.http_client(https_client());
+        }
+        if sdk.region().is_none() {
+            builder = builder.region(Region::new(FALLBACK_REGION));
+        }
+        SdkKinesis::new(Client::from_conf(builder.build()))
+    }
+
+    /// Loads aws-config's default chain (credentials, region, endpoint variables), overridden
+    /// by `options`, and builds a client from it.
+    pub async fn connect(options: ConnectOptions) -> Self {
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
+        if let Some(region) = options.region {
+            loader = loader.region(Region::new(region));
+        }
+        if let Some(endpoint) = options.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let sdk = loader.load().await;
+        SdkKinesis::from_sdk_config(&sdk, options.attempt_timeout)
+    }
+
+    /// The SDK client, for calls this type does not wrap.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Every shard of the stream, open and closed (all ListShards pages).
+    pub async fn list_all_shards(&self, stream: &StreamId) -> Result<Vec<ShardInfo>, ApiError> {
+        let mut shards = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_shards(stream, token).await?;
+            shards.extend(page.shards);
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => return Ok(shards),
+            }
+        }
+    }
+
+    /// Creates a stream of `shards` shards and waits until it is ACTIVE.
+    pub async fn create_stream(&self, name: &str, shards: i32) -> Result<(), ApiError> {
+        self.client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+            .map_err(map_error)?;
+        self.wait_active(&StreamId::Name(name.to_owned())).await
+    }
+
+    /// Waits until the stream is ACTIVE (after a create or a reshard), up to 60 s.
+    pub async fn wait_active(&self, stream: &StreamId) -> Result<(), ApiError> {
+        for _ in 0..600 {
+            let summary = self.describe_stream_summary(stream).await?;
+            if summary.status == StreamStatus::Active.as_str() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ApiError {
+            kind: ApiErrorKind::Other,
+            code: None,
+            status: None,
+            message: format!("stream {stream} did not become ACTIVE within 60 s"),
+        })
+    }
+
+    /// SplitShard, then waits until the stream is ACTIVE.
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        new_starting_hash_key: HashKey,
+    ) -> Result<(), ApiError> {
+        self.client
+            .split_shard()
+            .stream_name(stream)
+            .shard_to_split(shard_id)
+            .new_starting_hash_key(new_starting_hash_key.to_string())
+            .send()
+            .await
+            .map_err(map_error)?;
+        self.wait_active(&StreamId::Name(stream.to_owned())).await
+    }
+
+    /// MergeShards, then waits until the stream is ACTIVE.
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard: &str,
+        adjacent: &str,
+    ) -> Result<(), ApiError> {
+        self.client
+            .merge_shards()
+            .stream_name(stream)
+            .shard_to_merge(shard)
+            .adjacent_shard_to_merge(adjacent)
+            .send()
+            .await
+            .map_err(map_error)?;
+        self.wait_active(&StreamId::Name(stream.to_owned())).await
+    }
+
+    /// UpdateShardCount (uniform scaling), then waits until the stream is ACTIVE.
+    pub async fn update_shard_count(&self, stream: &str, target: i32) -> Result<(), ApiError> {
+        self.client
+            .update_shard_count()
+            .stream_name(stream)
+            .target_shard_count(target)
+            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+            .send()
+            .await
+            .map_err(map_error)?;
+        self.wait_active(&StreamId::Name(stream.to_owned())).await
+    }
+
+    /// A shard iterator at `position`.
+    pub async fn shard_iterator(
+        &self,
+        stream: &StreamId,
+        shard_id: &str,
+        position: &StartPosition,
+    ) -> Result<String, ApiError> {
+        let mut req = self.client.get_shard_iterator().shard_id(shard_id);
+        req = match stream {
+            StreamId::Name(n) => req.stream_name(n),
+            StreamId::Arn(a) => req.stream_arn(a),
+        };
+        req = match position {
+            StartPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartPosition::AtTimestamp(t) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_sdk_kinesis::primitives::DateTime::from_secs_f64(*t)),
+            StartPosition::AfterSequenceNumber(s) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(s),
+        };
+        let out = req.send().await.map_err(map_error)?;
+        out.shard_iterator.ok_or_else(|| ApiError {
+            kind: ApiErrorKind::Other,
+            code: None,
+            status: None,
+            message: format!("GetShardIterator returned no iterator for {shard_id}"),
+        })
+    }
+
+    /// One GetRecords call.
+    pub async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError> {
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(map_error)?;
+        Ok(RecordsPage {
+            records: out
+                .records
+                .into_iter()
+                .map(|r| FetchedRecord {
+                    sequence_number: r.sequence_number,
+                    partition_key: r.partition_key.unwrap_or_default(),
+                    data: bytes::Bytes::from(r.data.into_inner()),
+                    approximate_arrival_secs: r
+                        .approximate_arrival_timestamp
+                        .map(|t| t.as_secs_f64()),
+                })
+                .collect(),
+            next_iterator: out.next_shard_iterator,
+            millis_behind_latest: out.millis_behind_latest,
+        })
+    }
+}
+
+/// Where to start reading a shard.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Only records written from now on.
+    Latest,
+    /// Records from this time (seconds since the Unix epoch).
+    AtTimestamp(f64),
+    /// Records after this sequence number.
+    AfterSequenceNumber(String),
+}
+
+/// One record as GetRecords returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchedRecord {
+    /// Its sequence number.
+    pub sequence_number: String,
+    /// Its partition key.
+    pub partition_key: String,
+    /// Its data (a KPL aggregate, a compressed frame, or plain data).
+    pub data: bytes::Bytes,
+    /// When the service received it.
+    pub approximate_arrival_secs: Option<f64>,
+}
+
+/// One GetRecords answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordsPage {
+    /// The records.
+    pub records: Vec<FetchedRecord>,
+    /// The iterator for the next call; `None` once a closed shard is read to its end.
+    pub next_iterator: Option<String>,
+    /// How far behind the tip of the shard this page is.
+    pub millis_behind_latest: Option<i64>,
+}
+
+/// Classifies an SDK error: by the service's `code()` for service errors (a service
+/// `InternalFailure` arrives as an unmodeled variant), by the failure's nature otherwise.
+pub fn map_error<E>(error: SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = || {
+        let text = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+        text.chars().take(500).collect::<String>()
+    };
+    match &error {
+        SdkError::TimeoutError(_) => ApiError {
+            kind: ApiErrorKind::Timeout,
+            code: None,
+            status: None,
+            message: "no response within the attempt timeout".into(),
+        },
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                ApiErrorKind::Timeout
+            } else if failure.is_io() {
+                ApiErrorKind::Connection
+            } else {
+                let d = detail().to_ascii_lowercase();
+                if d.contains("credential") || d.contains("identity") {
+                    ApiErrorKind::Credentials
+                } else {
+                    ApiErrorKind::Connection
+                }
+            };
+            ApiError {
+                kind,
+                code: None,
+                status: None,
+                message: detail(),
+            }
+        }
+        SdkError::ConstructionFailure(_) => {
+            let d = detail();
+            let lower = d.to_ascii_lowercase();
+            ApiError {
+                kind: if lower.contains("credential") || lower.contains("identity") {
+                    ApiErrorKind::Credentials
+                } else {
+                    ApiErrorKind::Other
+                },
+                code: None,
+                status: None,
+                message: d,
+            }
+        }
+        SdkError::ResponseError(r) => ApiError {
+            kind: ApiErrorKind::Other,
+            code: None,
+            status: Some(r.raw().status().as_u16()),
+            message: detail(),
+        },
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            match error.code() {
+                Some(code) => ApiError {
+                    kind: ApiErrorKind::Service,
+                    code: Some(code.to_owned()),
+                    status: Some(status),
+                    message: error.message().unwrap_or_default().to_owned(),
+                },
+                None => ApiError {
+                    kind: ApiErrorKind::Service,
+                    code: None,
+                    status: Some(status),
+                    message: detail(),
+                },
+            }
+        }
+        _ => ApiError {
+            kind: ApiErrorKind::Other,
+            code: None,
+            status: None,
+            message: detail(),
+        },
+    }
+}
+
+fn parse_range(start: &str, end: &str) -> Option<HashRange> {
+    Some(HashRange {
+        start: HashKey(start.parse().ok()?),
+        end: HashKey(end.parse().ok()?),
+    })
+}
+
+impl KinesisApi for SdkKinesis {
+    fn put_records(
+        &self,
+        stream: &StreamId,
+        entries: Vec<PutRecordsEntry>,
+    ) -> BoxFuture<'static, Result<Vec<PutRecordsResultEntry>, ApiError>> {
+        let mut req = self.client.put_records();
+        req = match stream {
+            StreamId::Name(n) => req.stream_name(n),
+            StreamId::Arn(a) => req.stream_arn(a),
+        };
+        let records: Result<Vec<_>, _> = entries
+            .into_iter()
+            .map(|e| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(e.data))
+                    .partition_key(e.partition_key)
+                    .set_explicit_hash_key(e.explicit_hash_key)
+                    .build()
+            })
+            .collect();
+        Box::pin(async move {
+            let records = records.map_err(|e| ApiError {
+                kind: ApiErrorKind::Other,
+                code: None,
+                status: None,
+                message: format!("cannot build the request: {e}"),
+            })?;
+            let out = req
+                .set_records(Some(records))
+                .send()
+                .await
+                .map_err(map_error)?;
+            Ok(out
+                .records
+                .into_iter()
+                .map(|r| match (r.error_code, r.shard_id, r.sequence_number) {
+                    (None, Some(shard_id), Some(sequence_number)) => {
+                        PutRecordsResultEntry::Stored {
+                            shard_id,
+                            sequence_number,
+                        }
+                    }
+                    (code, _, _) => PutRecordsResultEntry::Failed {
+                        code: code.unwrap_or_else(|| "MissingResult".into()),
+                        message: r.error_message.unwrap_or_default(),
+                    },
+                })
+                .collect())
+        })
+    }
+
+    fn list_shards(
+        &self,
+        stream: &StreamId,
+        next_token: Option<String>,
+    ) -> BoxFuture<'static, Result<ListShardsPage, ApiError>> {
+        let mut req = self.client.list_shards();
+        // NextToken cannot be combined with the stream name or ARN.
+        req = match (next_token, stream) {
+            (Some(token), _) => req.next_token(token),
+            (None, StreamId::Name(n)) => req.stream_name(n),
+            (None, StreamId::Arn(a)) => req.stream_arn(a),
+        };
+        Box::pin(async move {
+            let out = req.send().await.map_err(map_error)?;
+            let mut shards = Vec::new();
+            for s in out.shards.unwrap_or_default() {
+                let range = s
+                    .hash_key_range
+                    .as_ref()
+                    .and_then(|r| parse_range(r.starting_hash_key(), r.ending_hash_key()));
+                let Some(hash_range) = range else {
+                    return Err(ApiError {
+                        kind: ApiErrorKind::Other,
+                        code: None,
+                        status: None,
+                        message: format!("shard {} has no valid hash key range", s.shard_id),
+                    });
+                };
+                let open = s
+                    .sequence_number_range
+                    .as_ref()
+                    .is_none_or(|r| r.ending_sequence_number.is_none());
+                shards.push(ShardInfo {
+                    shard_id: s.shard_id,
+                    hash_range,
+                    parent_shard_id: s.parent_shard_id,
+                    adjacent_parent_shard_id: s.adjacent_parent_shard_id,
+                    open,
+                });
+            }
+            Ok(ListShardsPage {
+                shards,
+                next_token: out.next_token.filter(|t| !t.is_empty()),
+            })
+        })
+    }
+
+    fn describe_stream_summary(
+        &self,
+        stream: &StreamId,
+    ) -> BoxFuture<'static, Result<StreamSummary, ApiError>> {
+        let mut req = self.client.describe_stream_summary();
+        req = match stream {
+            StreamId::Name(n) => req.stream_name(n),
+            StreamId::Arn(a) => req.stream_arn(a),
+        };
+        Box::pin(async move {
+            let out = req.send().await.map_err(map_error)?;
+            let s = out.stream_description_summary.ok_or_else(|| ApiError {
+                kind: ApiErrorKind::Other,
+                code: None,
+                status: None,
+                message: "DescribeStreamSummary returned no summary".into(),
+            })?;
+            Ok(StreamSummary {
+                status: s.stream_status.as_str().to_owned(),
+                open_shard_count: s.open_shard_count.max(0) as u32,
+                max_record_bytes: s
+                    .max_record_size_in_kib
+                    .filter(|k| *k > 0)
+                    .map(|k| k as usize * 1024),
+            })
+        })
+    }
+}

@@ -5,3 +5,7 @@
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/kpl.aggregation.rs"));
 }
+
+pub mod aggregate;
+pub mod deaggregate;
+pub mod frame;

@@ -1,1 +1,346 @@
-//! The producer pipeline.
+//! The producer: hand it records, get back where each one landed.
+//!
+//! ```text
+//!  send(record) ──► validate ──► buffer permits ──┐            (caller's task)
+//!                                                 │ channel
+//! ┌───────────────────────────────────────────────▼───────────── pipeline task ──┐
+//! │ record      hash key: explicit, or MD5(partition key) through a key cache    │
+//! │ shard_map   predict the shard: binary search of the open shards' ranges      │
+//! │ aggregator  one KPL aggregate per shard (per hash key while the map is       │
+//! │             stale); finished when full or after record_max_buffered_time;    │
+//! │             optionally zstd-framed                                           │
+//! │ limiter     per-shard token buckets at rate_limit % of 1000 rec/s, 1 MiB/s;  │
+//! │             throttling slows the shard down (AIMD)                           │
+//! │ collector   PutRecords calls of ≤ 500 entries, ≤ 5 MiB (key + data bytes)    │
+//! │ sender      ≤ max_concurrent_requests calls, each ≤ request_timeout ─────────┼──► Kinesis
+//! │ retrier     per entry: stored ─► receipts; wrong shard ─► refresh the map,   │
+//! │             aggregate again; retryable ─► backoff, back to the limiter;      │
+//! │             fatal / attempts / TTL ─► failures                               │
+//! └───────────────────────────────────────────────┬──────────────────────────────┘
+//!                                                 ▼
+//!                          RecordFuture ─► Ok(Receipt) | Err(RecordFailure)
+//! ```
+//!
+//! # Delivery
+//! Every accepted record resolves exactly once: to a [`Receipt`] (shard, sequence number,
+//! sub-sequence number, attempts) or to a [`RecordFailure`] that carries the record back with
+//! its attempts and a reason that says what to do. Only failed entries of a PutRecords call are
+//! retried, so a retry never duplicates what the call stored. Duplicates can still arise (as with
+//! every Kinesis producer): a call that times out after the service stored it, or an aggregate
+//! that landed on a shard created by a split and is sent again because the KCL would drop it.
+//!
+//! # Backpressure
+//! Each unresolved record holds buffer room (`max_outstanding_records`, `max_outstanding_bytes`).
+//! [`Producer::send`] waits for room; [`Producer::try_send`] fails at once and hands the record
+//! back. Room returns when the record resolves; dropping a [`RecordFuture`] does not cancel the
+//! record and does not leak room.
+//!
+//! # Shutting down
+//! [`Producer::flush`] sends everything accepted so far and waits until it has resolved;
+//! [`Producer::shutdown`] does the same, then stops the pipeline task; later sends fail with
+//! [`SendErrorReason::Closed`]. Dropping the last `Producer` handle without `shutdown` lets the
+//! pipeline task finish what was accepted in the background (receipts still resolve); it stops
+//! when the runtime does, so call `shutdown` before the runtime ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::client::{KinesisApi, StreamId};
+use crate::codec::aggregate::AggregateLimits;
+use crate::codec::frame::Compressor;
+use crate::limits::DEFAULT_MAX_RECORD_BYTES;
+use crate::producer::aggregator::Aggregator;
+use crate::producer::pipeline::{Input, Pipeline};
+use crate::producer::record::{BufferPermit, PendingRecord};
+use crate::producer::shard_map::{ShardMap, ShardMapError};
+use crate::record::UserRecord;
+
+mod aggregator;
+pub mod backoff;
+mod collector;
+pub mod config;
+pub mod error;
+pub mod limiter;
+pub mod metrics;
+mod pipeline;
+pub mod record;
+mod retrier;
+mod sender;
+pub mod shard_map;
+
+pub use config::{Compression, ConfigError, ProducerConfig};
+pub use error::{FailureReason, ProducerError, RecordFailure, SendError, SendErrorReason};
+pub use metrics::MetricsSnapshot;
+pub use record::{Attempt, AttemptError, Receipt, RecordFuture, RecordResult};
+
+/// A handle to a running producer. Cheap to clone; all clones feed the same pipeline.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use kpl::producer::{Producer, ProducerConfig};
+/// use kpl::UserRecord;
+///
+/// let sdk = aws_config::load_from_env().await;
+/// let producer = Producer::from_sdk_config(&sdk, "my-stream", ProducerConfig::default()).await?;
+/// let receipt = producer
+///     .send(UserRecord::new("user-42", &b"{\"clicked\":true}"[..]))
+///     .await?
+///     .await?;
+/// println!("stored on {} as {}", receipt.shard_id, receipt.sequence_number);
+/// producer.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    input: mpsc::UnboundedSender<Input>,
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_record_bytes: usize,
+    max_outstanding_bytes: u32,
+    stream: StreamId,
+    metrics: Arc<metrics::Metrics>,
+    closed: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("stream", &self.shared.stream)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// A producer for `stream` (a name, or an ARN starting with `arn:`) over the AWS SDK,
+    /// configured by `sdk` (credentials, region, `AWS_ENDPOINT_URL_KINESIS` /
+    /// `AWS_ENDPOINT_URL`). The SDK's own retries are turned off: the pipeline owns retries.
+    pub async fn from_sdk_config(
+        sdk: &aws_config::SdkConfig,
+        stream: &str,
+        config: ProducerConfig,
+    ) -> Result<Producer, ProducerError> {
+        let api = crate::client::sdk::SdkKinesis::from_sdk_config(sdk, config.request_timeout);
+        Producer::new(Arc::new(api), stream, config).await
+    }
+
+    /// A producer for `stream` over any [`KinesisApi`]. Checks the configuration, asks the
+    /// stream for its record size limit and lists its shards: a missing stream, missing access
+    /// or an unreachable endpoint fails here, at once.
+    pub async fn new(
+        api: Arc<dyn KinesisApi>,
+        stream: &str,
+        config: ProducerConfig,
+    ) -> Result<Producer, ProducerError> {
+        config.validate()?;
+        let stream = StreamId::parse(stream);
+        let stream_error = |source| ProducerError::Stream {
+            stream: stream.to_string(),
+            source,
+        };
+        let summary = api
+            .describe_stream_summary(&stream)
+            .await
+            .map_err(stream_error)?;
+        let max_record_bytes = config
+            .max_record_bytes
+            .or(summary.max_record_bytes)
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let map = ShardMap::load(&*api, &stream, 1)
+            .await
+            .map_err(|e| match e {
+                ShardMapError::Api(source) => stream_error(source),
+                ShardMapError::NoOpenShards | ShardMapError::Inconsistent(_) => {
+                    ProducerError::NoOpenShards {
+                        stream: stream.to_string(),
+                    }
+                }
+            })?;
+        // An aggregate and its partition key must fit the stream's record limit, which is only
+        // known now: a larger aggregation_max_size is lowered to what fits.
+        let room = max_record_bytes.saturating_sub(crate::limits::MAX_PARTITION_KEY_CHARS * 4);
+        if config.aggregation_max_size > room {
+            tracing::warn!(
+                aggregation_max_size = config.aggregation_max_size,
+                max_record_bytes,
+                "aggregation_max_size lowered to {room} bytes to fit the stream's record limit"
+            );
+        }
+        let limits = AggregateLimits {
+            max_bytes: config.aggregation_max_size.min(room),
+            max_count: if config.aggregation_enabled {
+                config.aggregation_max_count
+            } else {
+                1
+            },
+        };
+        let compressor = match config.compression {
+            Compression::None => None,
+            Compression::Zstd { level } => {
+                Some(Compressor::zstd(level).map_err(|e| ConfigError {
+                    field: "compression",
+                    value: format!("zstd level {level}"),
+                    requirement: e.to_string(),
+                })?)
+            }
+        };
+        let aggregator = Aggregator::new(limits, config.record_max_buffered_time, compressor);
+        let metrics = Arc::new(metrics::Metrics::new(&stream.to_string()));
+        let records = Arc::new(Semaphore::new(config.max_outstanding_records));
+        let bytes = Arc::new(Semaphore::new(config.max_outstanding_bytes));
+        let max_outstanding_bytes = config.max_outstanding_bytes as u32;
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let (pipeline, done_rx, map_rx) = Pipeline::new(
+            api,
+            stream.clone(),
+            config,
+            metrics.clone(),
+            map,
+            aggregator,
+        );
+        let task = tokio::spawn(pipeline.run(input_rx, done_rx, map_rx));
+        Ok(Producer {
+            shared: Arc::new(Shared {
+                input: input_tx,
+                records,
+                bytes,
+                max_record_bytes,
+                max_outstanding_bytes,
+                stream,
+                metrics,
+                closed: AtomicBool::new(false),
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Queues `record`, waiting for buffer room if the producer is at its outstanding limits.
+    /// The returned future resolves when the record is stored or has failed.
+    ///
+    /// Fails at once, handing the record back, if it breaks a Kinesis limit or the producer was
+    /// shut down.
+    pub async fn send(&self, record: UserRecord) -> Result<RecordFuture, SendError> {
+        if let Err(reason) = self.check(&record) {
+            return Err(SendError { reason, record });
+        }
+        let needed = self.bytes_needed(&record);
+        let permit = match (
+            self.shared.records.clone().acquire_owned().await,
+            self.shared.bytes.clone().acquire_many_owned(needed).await,
+        ) {
+            (Ok(r), Ok(b)) => BufferPermit::new(r, b),
+            _ => {
+                return Err(SendError {
+                    reason: SendErrorReason::Closed,
+                    record,
+                });
+            }
+        };
+        self.enqueue(record, permit)
+    }
+
+    /// Queues `record` if there is buffer room now; otherwise hands it back with
+    /// [`SendErrorReason::Full`].
+    pub fn try_send(&self, record: UserRecord) -> Result<RecordFuture, SendError> {
+        if let Err(reason) = self.check(&record) {
+            return Err(SendError { reason, record });
+        }
+        let needed = self.bytes_needed(&record);
+        let to_reason = |e: TryAcquireError| match e {
+            TryAcquireError::Closed => SendErrorReason::Closed,
+            TryAcquireError::NoPermits => SendErrorReason::Full,
+        };
+        let records = match self.shared.records.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(SendError {
+                    reason: to_reason(e),
+                    record,
+                });
+            }
+        };
+        let bytes = match self.shared.bytes.clone().try_acquire_many_owned(needed) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(SendError {
+                    reason: to_reason(e),
+                    record,
+                });
+            }
+        };
+        self.enqueue(record, BufferPermit::new(records, bytes))
+    }
+
+    /// Sends everything accepted so far without waiting for aggregates or calls to fill, and
+    /// waits until all of it has resolved. Records sent meanwhile are not waited for.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.input.send(Input::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops accepting records, flushes everything accepted, and stops the pipeline task once
+    /// every record has resolved. Idempotent; every clone sees the producer closed.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.records.close();
+        self.shared.bytes.close();
+        let (tx, rx) = oneshot::channel();
+        if self.shared.input.send(Input::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.shared.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// The producer's counters so far (KPL metric names).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// The largest record (partition key + data) this producer accepts: the stream's limit.
+    pub fn max_record_bytes(&self) -> usize {
+        self.shared.max_record_bytes
+    }
+
+    /// The stream this producer writes to.
+    pub fn stream(&self) -> &StreamId {
+        &self.shared.stream
+    }
+
+    fn check(&self, record: &UserRecord) -> Result<(), SendErrorReason> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(SendErrorReason::Closed);
+        }
+        record.validate(self.shared.max_record_bytes)?;
+        Ok(())
+    }
+
+    fn bytes_needed(&self, record: &UserRecord) -> u32 {
+        // A record larger than the whole byte budget still goes, alone.
+        (record.billed_bytes() as u64).clamp(1, u64::from(self.shared.max_outstanding_bytes)) as u32
+    }
+
+    fn enqueue(&self, record: UserRecord, permit: BufferPermit) -> Result<RecordFuture, SendError> {
+        let (pending, future) = PendingRecord::new(record, Instant::now(), Some(permit));
+        match self.shared.input.send(Input::Record(pending)) {
+            Ok(()) => Ok(future),
+            Err(mpsc::error::SendError(Input::Record(pending))) => Err(SendError {
+                reason: SendErrorReason::Closed,
+                record: pending.record,
+            }),
+            Err(_) => unreachable!("a record was sent"),
+        }
+    }
+}

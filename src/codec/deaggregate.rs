@@ -1,0 +1,429 @@
+//! The consumer side: one Kinesis record in, its user records out, whether the record is
+//! plain, a KPL aggregate, or a compressed frame (of either).
+//!
+//! Untrusted bytes never drive an allocation: protobuf lengths are checked against the input by
+//! prost, and a compressed frame declares its size, which must be within
+//! [`Deaggregator::max_decompressed_bytes`] (16 MiB by default) before anything is allocated.
+//!
+//! Like the KCL, a record that starts with the KPL magic but whose MD5 or protobuf does not
+//! check out is passed through as plain data in the default mode; [`Deaggregator::strict`]
+//! makes it an error instead.
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use prost::Message;
+
+use crate::codec::aggregate::{DIGEST_LEN, FRAMING_LEN, KPL_MAGIC};
+use crate::codec::frame::{FrameHeader, HEADER_LEN};
+use crate::codec::proto::AggregatedRecord;
+use crate::hash::{HashKey, HashRange};
+
+/// Default cap on a compressed record's decompressed size.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
+
+/// How a user record was carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The Kinesis record was the user record.
+    Plain,
+    /// Inside a KPL aggregate.
+    Aggregated,
+}
+
+/// One user record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeaggregatedRecord {
+    /// Its partition key.
+    pub partition_key: String,
+    /// Its explicit hash key, if it had one.
+    pub explicit_hash_key: Option<String>,
+    /// The hash key that routes it: the explicit one, else MD5 of the partition key.
+    pub hash_key: HashKey,
+    /// Its data.
+    pub data: Bytes,
+    /// Its index inside the Kinesis record (0 for a plain record).
+    pub sub_sequence_number: u64,
+    /// KPL tags (key, value) on the user record.
+    pub tags: Vec<(String, Option<String>)>,
+    /// Plain or aggregated.
+    pub kind: RecordKind,
+    /// Whether the Kinesis record was a compressed frame.
+    pub compressed: bool,
+}
+
+/// Why a Kinesis record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Strict mode: the KPL magic with a wrong MD5 trailer.
+    #[error(
+        "the record starts with the KPL magic but its MD5 does not match: corrupt or not an aggregate"
+    )]
+    BadDigest,
+    /// Strict mode: the KPL magic with a protobuf that does not parse (or is too short).
+    #[error("the record starts with the KPL magic but its protobuf is invalid: {0}")]
+    BadProtobuf(String),
+    /// A user record refers to a key table entry that does not exist.
+    #[error(
+        "user record {record} refers to {table} entry {index}, but the table has {len} entries"
+    )]
+    IndexOutOfRange {
+        /// Index of the user record in the aggregate.
+        record: usize,
+        /// Which table.
+        table: &'static str,
+        /// The index it gave.
+        index: u64,
+        /// The table's length.
+        len: usize,
+    },
+    /// An explicit hash key that is not a decimal in 0..2^128-1.
+    #[error("explicit hash key {0:?} is not a decimal integer from 0 to 2^128-1")]
+    BadExplicitHashKey(String),
+    /// A compressed frame whose declared size is above the cap.
+    #[error(
+        "the compressed record declares {declared} bytes, over the limit of {max}: raise max_decompressed_bytes if this is expected"
+    )]
+    TooLarge {
+        /// Declared size.
+        declared: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A compressed frame that needs a dictionary this reader does not have.
+    #[error("the compressed record needs zstd dictionary {0}, which this reader was not given")]
+    UnknownDictionary(u32),
+    /// A compressed frame whose zstd data is corrupt or does not match its declared size.
+    #[error("the compressed record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Reads Kinesis records back into user records.
+///
+/// ```
+/// use kpl::codec::deaggregate::Deaggregator;
+/// let records = Deaggregator::new().deaggregate(b"plain data", "key", None).unwrap();
+/// assert_eq!(records[0].data, &b"plain data"[..]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Deaggregator {
+    strict: bool,
+    max_decompressed_bytes: usize,
+    dictionaries: Vec<(u32, Vec<u8>)>,
+}
+
+impl Default for Deaggregator {
+    fn default() -> Self {
+        Deaggregator::new()
+    }
+}
+
+impl Deaggregator {
+    /// A lenient reader (like the KCL) with the default decompression cap.
+    pub fn new() -> Self {
+        Deaggregator {
+            strict: false,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            dictionaries: Vec::new(),
+        }
+    }
+
+    /// Strict: a record with the KPL magic but a bad MD5 or protobuf is an error, not plain data.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// The largest decompressed payload accepted.
+    pub fn max_decompressed_bytes(mut self, max: usize) -> Self {
+        self.max_decompressed_bytes = max;
+        self
+    }
+
+    /// Makes zstd dictionary `id` available for compressed records that name it.
+    pub fn with_dictionary(mut self, id: u32, dictionary: Vec<u8>) -> Self {
+        self.dictionaries.retain(|(i, _)| *i != id);
+        self.dictionaries.push((id, dictionary));
+        self
+    }
+
+    /// The user records in one Kinesis record with `partition_key` and, if it was put with
+    /// one, `explicit_hash_key` (GetRecords does not return it: pass `None`).
+    pub fn deaggregate(
+        &self,
+        data: &[u8],
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+    ) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
+        if let Some(header) = FrameHeader::parse(data) {
+            let payload = self.decompress(header, &data[HEADER_LEN..])?;
+            let mut records = self.read_payload(payload, partition_key, explicit_hash_key)?;
+            for r in &mut records {
+                r.compressed = true;
+            }
+            return Ok(records);
+        }
+        self.read_payload(
+            Bytes::copy_from_slice(data),
+            partition_key,
+            explicit_hash_key,
+        )
+    }
+
+    fn decompress(&self, header: FrameHeader, body: &[u8]) -> Result<Bytes, DecodeError> {
+        let declared = header.uncompressed_len as usize;
+        if declared > self.max_decompressed_bytes {
+            return Err(DecodeError::TooLarge {
+                declared,
+                max: self.max_decompressed_bytes,
+            });
+        }
+        let corrupt = |e: std::io::Error| DecodeError::Corrupt(e.to_string());
+        let mut decompressor = if header.dictionary_id == 0 {
+            zstd::bulk::Decompressor::new().map_err(corrupt)?
+        } else {
+            let (_, dict) = self
+                .dictionaries
+                .iter()
+                .find(|(id, _)| *id == header.dictionary_id)
+                .ok_or(DecodeError::UnknownDictionary(header.dictionary_id))?;
+            zstd::bulk::Decompressor::with_dictionary(dict).map_err(corrupt)?
+        };
+        // Capacity is the declared size, already checked against the cap: zstd fails rather
+        // than write past it.
+        let out = decompressor.decompress(body, declared).map_err(corrupt)?;
+        if out.len() != declared {
+            return Err(DecodeError::Corrupt(format!(
+                "declared {declared} bytes, decompressed to {}",
+                out.len()
+            )));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn read_payload(
+        &self,
+        data: Bytes,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+    ) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
+        if data.len() >= KPL_MAGIC.len() && data[..KPL_MAGIC.len()] == KPL_MAGIC {
+            match self.read_aggregate(&data) {
+                Ok(records) => return Ok(records),
+                Err(e @ (DecodeError::BadDigest | DecodeError::BadProtobuf(_))) if self.strict => {
+                    return Err(e);
+                }
+                Err(DecodeError::BadDigest | DecodeError::BadProtobuf(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let hash_key = routing_hash(partition_key, explicit_hash_key)?;
+        Ok(vec![DeaggregatedRecord {
+            partition_key: partition_key.to_owned(),
+            explicit_hash_key: explicit_hash_key.map(str::to_owned),
+            hash_key,
+            data,
+            sub_sequence_number: 0,
+            tags: Vec::new(),
+            kind: RecordKind::Plain,
+            compressed: false,
+        }])
+    }
+
+    fn read_aggregate(&self, data: &Bytes) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
+        if data.len() < FRAMING_LEN {
+            return Err(DecodeError::BadProtobuf(format!(
+                "{} bytes is shorter than magic + MD5",
+                data.len()
+            )));
+        }
+        let body = data.slice(KPL_MAGIC.len()..data.len() - DIGEST_LEN);
+        let digest: [u8; DIGEST_LEN] = Md5::digest(&body).into();
+        if digest[..] != data[data.len() - DIGEST_LEN..] {
+            return Err(DecodeError::BadDigest);
+        }
+        let aggregate =
+            AggregatedRecord::decode(body).map_err(|e| DecodeError::BadProtobuf(e.to_string()))?;
+        let keys = &aggregate.partition_key_table;
+        let ehks = &aggregate.explicit_hash_key_table;
+        let mut out = Vec::with_capacity(aggregate.records.len());
+        for (i, r) in aggregate.records.into_iter().enumerate() {
+            let out_of =
+                |table: &'static str, index: u64, len: usize| DecodeError::IndexOutOfRange {
+                    record: i,
+                    table,
+                    index,
+                    len,
+                };
+            let pk = usize::try_from(r.partition_key_index)
+                .ok()
+                .and_then(|k| keys.get(k))
+                .ok_or_else(|| out_of("partition_key_table", r.partition_key_index, keys.len()))?;
+            let ehk = match r.explicit_hash_key_index {
+                None => None,
+                Some(index) => Some(
+                    usize::try_from(index)
+                        .ok()
+                        .and_then(|k| ehks.get(k))
+                        .ok_or_else(|| out_of("explicit_hash_key_table", index, ehks.len()))?,
+                ),
+            };
+            out.push(DeaggregatedRecord {
+                hash_key: routing_hash(pk, ehk.map(String::as_str))?,
+                partition_key: pk.clone(),
+                explicit_hash_key: ehk.cloned(),
+                data: r.data,
+                sub_sequence_number: i as u64,
+                tags: r.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+                kind: RecordKind::Aggregated,
+                compressed: false,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn routing_hash(
+    partition_key: &str,
+    explicit_hash_key: Option<&str>,
+) -> Result<HashKey, DecodeError> {
+    match explicit_hash_key {
+        Some(ehk) => HashKey::parse_explicit(ehk)
+            .map_err(|_| DecodeError::BadExplicitHashKey(crate::hash::truncate_for_error(ehk))),
+        None => Ok(HashKey::of_partition_key(partition_key)),
+    }
+}
+
+/// Indices of the user records whose hash key lies outside `range`: the records for which the
+/// KCL would silently drop their whole aggregate if it was read from a shard with that range.
+pub fn outside_range(records: &[DeaggregatedRecord], range: HashRange) -> Vec<usize> {
+    records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !range.contains(r.hash_key))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UserRecord;
+    use crate::codec::aggregate::{AggregateBuilder, AggregateLimits};
+    use crate::codec::frame::Compressor;
+
+    fn aggregate(records: &[UserRecord]) -> Bytes {
+        let mut b = AggregateBuilder::new(AggregateLimits {
+            max_bytes: 1 << 20,
+            max_count: usize::MAX,
+        });
+        for r in records {
+            b.try_push(r, r.hash_key()).unwrap();
+        }
+        b.finish().unwrap().data
+    }
+
+    #[test]
+    fn plain_aggregated_and_compressed_read_back() {
+        let records = vec![
+            UserRecord::new("a", "one"),
+            UserRecord::new("b", "two").with_explicit_hash_key(HashKey(5)),
+        ];
+        let data = aggregate(&records);
+        let d = Deaggregator::new();
+        let out = d.deaggregate(&data, "a", None).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].explicit_hash_key.as_deref(), Some("5"));
+        assert_eq!(out[1].hash_key, HashKey(5));
+        assert_eq!(out[1].sub_sequence_number, 1);
+        assert_eq!(out[0].kind, RecordKind::Aggregated);
+
+        let big: Vec<_> = (0..200)
+            .map(|i| {
+                UserRecord::new(
+                    format!("k{}", i % 5),
+                    format!("{{\"n\":{i},\"pad\":\"xxxxxxxx\"}}"),
+                )
+            })
+            .collect();
+        let framed = Compressor::zstd(1)
+            .unwrap()
+            .compress_bytes(&aggregate(&big))
+            .unwrap();
+        let out = d.deaggregate(&framed, "k0", None).unwrap();
+        assert_eq!(out.len(), 200);
+        assert!(out.iter().all(|r| r.compressed));
+        assert_eq!(out[7].data, big[7].data);
+
+        let plain = d.deaggregate(b"hello", "pk", None).unwrap();
+        assert_eq!(plain[0].kind, RecordKind::Plain);
+        assert_eq!(plain[0].hash_key, HashKey::of_partition_key("pk"));
+    }
+
+    #[test]
+    fn a_bad_digest_is_plain_data_unless_strict() {
+        let mut data = aggregate(&[UserRecord::new("a", "1"), UserRecord::new("b", "2")]).to_vec();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        let out = Deaggregator::new().deaggregate(&data, "a", None).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data, data);
+        assert_eq!(
+            Deaggregator::new()
+                .strict(true)
+                .deaggregate(&data, "a", None),
+            Err(DecodeError::BadDigest)
+        );
+    }
+
+    #[test]
+    fn bombs_and_unknown_dictionaries_are_refused() {
+        let payload = vec![0u8; 1 << 20];
+        let framed = Compressor::zstd(1)
+            .unwrap()
+            .compress_bytes(&payload)
+            .unwrap();
+        let d = Deaggregator::new().max_decompressed_bytes(1 << 19);
+        assert!(matches!(
+            d.deaggregate(&framed, "k", None),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        // A frame that lies about its size.
+        let mut lying = framed.to_vec();
+        lying[11..15].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(
+            Deaggregator::new().deaggregate(&lying, "k", None),
+            Err(DecodeError::Corrupt(_))
+        ));
+        let dict = b"some dictionary bytes".repeat(10);
+        let framed = Compressor::zstd_with_dictionary(1, 9, &dict)
+            .unwrap()
+            .compress_bytes(&payload)
+            .unwrap();
+        assert_eq!(
+            Deaggregator::new().deaggregate(&framed, "k", None),
+            Err(DecodeError::UnknownDictionary(9))
+        );
+        let out = Deaggregator::new()
+            .with_dictionary(9, dict)
+            .deaggregate(&framed, "k", None)
+            .unwrap();
+        assert_eq!(out[0].data.len(), 1 << 20);
+    }
+
+    #[test]
+    fn range_check_reports_records_outside() {
+        let records = vec![
+            UserRecord::new("a", "1").with_explicit_hash_key(HashKey(10)),
+            UserRecord::new("b", "2").with_explicit_hash_key(HashKey(1000)),
+        ];
+        let out = Deaggregator::new()
+            .deaggregate(&aggregate(&records), "a", None)
+            .unwrap();
+        let range = HashRange {
+            start: HashKey(0),
+            end: HashKey(100),
+        };
+        assert_eq!(outside_range(&out, range), vec![1]);
+    }
+}

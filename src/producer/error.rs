@@ -1,0 +1,112 @@
+//! The producer's errors, one enum per place they surface: building the producer, handing it
+//! a record, and a record's final outcome.
+
+use std::time::Duration;
+
+use crate::client::ApiError;
+use crate::producer::config::ConfigError;
+use crate::producer::record::Attempt;
+use crate::record::{RecordError, UserRecord};
+
+/// The producer could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// A setting is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stream could not be described or its shards listed: no such stream, no access,
+    /// or no connection. The message says which and what to do.
+    #[error("cannot use stream {stream}: {source}")]
+    Stream {
+        /// The stream name or ARN.
+        stream: String,
+        /// The failed call.
+        source: ApiError,
+    },
+    /// ListShards returned no open shard.
+    #[error("stream {stream} has no open shard: wait until it is ACTIVE")]
+    NoOpenShards {
+        /// The stream name or ARN.
+        stream: String,
+    },
+}
+
+/// Why `send` / `try_send` did not take a record. The record is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct SendError {
+    /// Why.
+    pub reason: SendErrorReason,
+    /// The record, untouched.
+    pub record: UserRecord,
+}
+
+/// Why a record was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendErrorReason {
+    /// The record breaks a Kinesis limit; nothing was buffered.
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
+    /// `try_send` only: the outstanding-records or -bytes limit is reached. Retry later, or
+    /// use `send`, which waits for room.
+    #[error(
+        "the producer's buffer is full (max_outstanding_records / max_outstanding_bytes): wait for receipts or use send(), which waits for room"
+    )]
+    Full,
+    /// The producer was shut down.
+    #[error("the producer has been shut down: records can no longer be sent")]
+    Closed,
+}
+
+/// A record that was accepted but could not be stored. Carries the record and every attempt.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("record not stored after {} attempt(s): {reason}", self.attempts.len())]
+pub struct RecordFailure {
+    /// Why it failed.
+    pub reason: FailureReason,
+    /// Every PutRecords attempt that carried it, in order.
+    pub attempts: Vec<Attempt>,
+    /// The record, so the caller can log, spool or resend it. `None` only if the producer's
+    /// task died (a bug): then nothing more is known.
+    pub record: Option<UserRecord>,
+}
+
+/// The reason a record failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Kinesis answered with an error that no retry can fix (missing stream, access denied,
+    /// KMS key unusable, invalid request). Fix the cause and resend.
+    #[error("Kinesis refused it with {code}, which no retry can fix: {message}")]
+    Fatal {
+        /// The error code.
+        code: String,
+        /// The service's message (with a hint where kpl knows one).
+        message: String,
+    },
+    /// The record was not stored within the record TTL.
+    #[error(
+        "not stored within the record TTL of {ttl:?}; last error: {last_error}. Raise record_ttl, lower the send rate, or add shards"
+    )]
+    Expired {
+        /// The TTL in force.
+        ttl: Duration,
+        /// The last attempt's error, or why it never got an attempt.
+        last_error: String,
+    },
+    /// Every allowed attempt failed with a retryable error.
+    #[error(
+        "all {max_attempts} attempts failed; last error: {last_error}. Raise max_attempts or check the stream's health"
+    )]
+    AttemptsExhausted {
+        /// The limit in force.
+        max_attempts: u32,
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// The producer task stopped before the record was resolved (a bug: please report it).
+    #[error("the producer stopped before the record was resolved")]
+    Lost,
+}

@@ -1,0 +1,288 @@
+//! Counters of what the producer did, under the KPL's metric names where they fit, readable as
+//! a [`MetricsSnapshot`] and emitted through the [`metrics`] crate facade (any exporter, e.g.
+//! Prometheus or CloudWatch, picks them up; without a recorder the calls cost next to nothing).
+//!
+//! Facade names: `kpl_<snake_case KPL name>` with a `stream` label, e.g.
+//! `kpl_user_records_put{stream="logs"}`; `kpl_errors_by_code` also has a `code` label; times are
+//! histograms in milliseconds.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// What the producer did so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// UserRecordsReceived: records accepted by `send`.
+    pub user_records_received: u64,
+    /// Bytes (partition key + data) accepted by `send`.
+    pub user_records_data_received: u64,
+    /// UserRecordsPending: accepted and not yet resolved.
+    pub user_records_pending: u64,
+    /// UserRecordsPut: records stored.
+    pub user_records_put: u64,
+    /// UserRecordsDataPut: bytes (partition key + data) of records stored.
+    pub user_records_data_put: u64,
+    /// KinesisRecordsPut: Kinesis records (aggregates or single records) stored.
+    pub kinesis_records_put: u64,
+    /// KinesisRecordsDataPut: bytes (partition key + data) of Kinesis records stored.
+    pub kinesis_records_data_put: u64,
+    /// PutRecords calls made.
+    pub put_records_calls: u64,
+    /// Entries sent in PutRecords calls (first attempts and retries).
+    pub put_records_entries: u64,
+    /// ErrorsByCode: failed entries or calls by error code (calls count once per entry).
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// AllErrors: the sum of `errors_by_code`.
+    pub all_errors: u64,
+    /// Entries throttled by the service (ProvisionedThroughputExceeded, KMSThrottling).
+    pub throttled_entries: u64,
+    /// User records scheduled for another attempt.
+    pub retries: u64,
+    /// RetriesPerRecord: mean retries of the stored records.
+    pub retries_per_record: f64,
+    /// UserRecordExpired: records that failed because their TTL ran out.
+    pub expired_records: u64,
+    /// Records that failed, whatever the reason.
+    pub failed_records: u64,
+    /// BufferingTime: mean wait of a Kinesis record's oldest user record before its call, ms.
+    pub buffering_time_ms: f64,
+    /// RequestTime: mean PutRecords call time, ms.
+    pub request_time_ms: f64,
+    /// Longest PutRecords call, ms.
+    pub request_time_max_ms: f64,
+    /// UserRecordsPerKinesisRecord: mean aggregation.
+    pub user_records_per_kinesis_record: f64,
+    /// KinesisRecordsPerPutRecordsRequest: mean call size.
+    pub kinesis_records_per_put_records_request: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    received_bytes: AtomicU64,
+    put: AtomicU64,
+    put_bytes: AtomicU64,
+    kinesis_put: AtomicU64,
+    kinesis_put_bytes: AtomicU64,
+    calls: AtomicU64,
+    entries: AtomicU64,
+    all_errors: AtomicU64,
+    throttled: AtomicU64,
+    retries: AtomicU64,
+    retries_of_put: AtomicU64,
+    expired: AtomicU64,
+    failed: AtomicU64,
+    buffering_us: AtomicU64,
+    buffering_count: AtomicU64,
+    request_us: AtomicU64,
+    request_count: AtomicU64,
+    request_max_us: AtomicU64,
+}
+
+struct Facade {
+    received: metrics::Counter,
+    put: metrics::Counter,
+    put_bytes: metrics::Counter,
+    kinesis_put: metrics::Counter,
+    calls: metrics::Counter,
+    throttled: metrics::Counter,
+    retries: metrics::Counter,
+    expired: metrics::Counter,
+    failed: metrics::Counter,
+    request_time: metrics::Histogram,
+    buffering_time: metrics::Histogram,
+    user_per_kinesis: metrics::Histogram,
+}
+
+/// The producer's counters. Shared by the pipeline task and the handles.
+pub struct Metrics {
+    stream: String,
+    c: Counters,
+    errors: Mutex<BTreeMap<String, u64>>,
+    facade: Facade,
+}
+
+impl Metrics {
+    /// Counters for `stream`, registered with the current `metrics` recorder.
+    pub fn new(stream: &str) -> Self {
+        let s = stream.to_owned();
+        Metrics {
+            facade: Facade {
+                received: metrics::counter!("kpl_user_records_received", "stream" => s.clone()),
+                put: metrics::counter!("kpl_user_records_put", "stream" => s.clone()),
+                put_bytes: metrics::counter!("kpl_user_records_data_put", "stream" => s.clone()),
+                kinesis_put: metrics::counter!("kpl_kinesis_records_put", "stream" => s.clone()),
+                calls: metrics::counter!("kpl_put_records_calls", "stream" => s.clone()),
+                throttled: metrics::counter!("kpl_throttled_entries", "stream" => s.clone()),
+                retries: metrics::counter!("kpl_retries", "stream" => s.clone()),
+                expired: metrics::counter!("kpl_user_record_expired", "stream" => s.clone()),
+                failed: metrics::counter!("kpl_failed_records", "stream" => s.clone()),
+                request_time: metrics::histogram!("kpl_request_time_ms", "stream" => s.clone()),
+                buffering_time: metrics::histogram!("kpl_buffering_time_ms", "stream" => s.clone()),
+                user_per_kinesis: metrics::histogram!(
+                    "kpl_user_records_per_kinesis_record", "stream" => s.clone()
+                ),
+            },
+            stream: s,
+            c: Counters::default(),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records accepted by `send`.
+    pub fn record_received(&self, records: u64, bytes: u64) {
+        self.c.received.fetch_add(records, Relaxed);
+        self.c.received_bytes.fetch_add(bytes, Relaxed);
+        self.facade.received.increment(records);
+    }
+
+    /// A Kinesis record carrying `user_records` was stored.
+    pub fn record_put(&self, user_records: u64, user_bytes: u64, kinesis: u64, kinesis_bytes: u64) {
+        self.c.put.fetch_add(user_records, Relaxed);
+        self.c.put_bytes.fetch_add(user_bytes, Relaxed);
+        self.c.kinesis_put.fetch_add(kinesis, Relaxed);
+        self.c.kinesis_put_bytes.fetch_add(kinesis_bytes, Relaxed);
+        self.facade.put.increment(user_records);
+        self.facade.put_bytes.increment(user_bytes);
+        self.facade.kinesis_put.increment(kinesis);
+        self.facade.user_per_kinesis.record(user_records as f64);
+    }
+
+    /// A PutRecords call of `entries` entries started.
+    pub fn put_records_call(&self, entries: usize) {
+        self.c.calls.fetch_add(1, Relaxed);
+        self.c.entries.fetch_add(entries as u64, Relaxed);
+        self.facade.calls.increment(1);
+    }
+
+    /// A PutRecords call took `elapsed`.
+    pub fn request_time(&self, elapsed: Duration, _entries: usize) {
+        let us = elapsed.as_micros() as u64;
+        self.c.request_us.fetch_add(us, Relaxed);
+        self.c.request_count.fetch_add(1, Relaxed);
+        self.c.request_max_us.fetch_max(us, Relaxed);
+        self.facade.request_time.record(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// A Kinesis record's oldest user record waited `waited` before its call.
+    pub fn buffering_time(&self, waited: Duration) {
+        self.c
+            .buffering_us
+            .fetch_add(waited.as_micros() as u64, Relaxed);
+        self.c.buffering_count.fetch_add(1, Relaxed);
+        self.facade
+            .buffering_time
+            .record(waited.as_secs_f64() * 1e3);
+    }
+
+    /// `count` entries (or a call, once per entry) failed with `code`.
+    pub fn error(&self, code: &str, count: usize) {
+        let count = count as u64;
+        self.c.all_errors.fetch_add(count, Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *errors.entry(code.to_owned()).or_default() += count;
+        metrics::counter!("kpl_errors_by_code", "stream" => self.stream.clone(), "code" => code.to_owned())
+            .increment(count);
+    }
+
+    /// `entries` entries were throttled by the service.
+    pub fn throttled(&self, entries: u64) {
+        self.c.throttled.fetch_add(entries, Relaxed);
+        self.facade.throttled.increment(entries);
+    }
+
+    /// `records` user records are scheduled for another attempt.
+    pub fn retry(&self, records: usize) {
+        self.c.retries.fetch_add(records as u64, Relaxed);
+        self.facade.retries.increment(records as u64);
+    }
+
+    /// A stored record needed `retries` retries.
+    pub fn retries_per_record(&self, retries: u64) {
+        self.c.retries_of_put.fetch_add(retries, Relaxed);
+    }
+
+    /// `records` user records expired.
+    pub fn expired(&self, records: u64) {
+        self.c.expired.fetch_add(records, Relaxed);
+        self.facade.expired.increment(records);
+    }
+
+    /// `records` user records failed.
+    pub fn failed(&self, records: u64) {
+        self.c.failed.fetch_add(records, Relaxed);
+        self.facade.failed.increment(records);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let received = get(&self.c.received);
+        let put = get(&self.c.put);
+        let failed = get(&self.c.failed);
+        let kinesis = get(&self.c.kinesis_put);
+        MetricsSnapshot {
+            user_records_received: received,
+            user_records_data_received: get(&self.c.received_bytes),
+            user_records_pending: received.saturating_sub(put + failed),
+            user_records_put: put,
+            user_records_data_put: get(&self.c.put_bytes),
+            kinesis_records_put: kinesis,
+            kinesis_records_data_put: get(&self.c.kinesis_put_bytes),
+            put_records_calls: get(&self.c.calls),
+            put_records_entries: get(&self.c.entries),
+            errors_by_code: self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            all_errors: get(&self.c.all_errors),
+            throttled_entries: get(&self.c.throttled),
+            retries: get(&self.c.retries),
+            retries_per_record: ratio(get(&self.c.retries_of_put), put),
+            expired_records: get(&self.c.expired),
+            failed_records: failed,
+            buffering_time_ms: ratio(get(&self.c.buffering_us), get(&self.c.buffering_count)) / 1e3,
+            request_time_ms: ratio(get(&self.c.request_us), get(&self.c.request_count)) / 1e3,
+            request_time_max_ms: get(&self.c.request_max_us) as f64 / 1e3,
+            user_records_per_kinesis_record: ratio(put, kinesis),
+            kinesis_records_per_put_records_request: ratio(
+                get(&self.c.entries),
+                get(&self.c.calls),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_reflects_events() {
+        let m = Metrics::new("s");
+        m.record_received(10, 1000);
+        m.put_records_call(2);
+        m.record_put(6, 600, 1, 650);
+        m.record_put(2, 200, 1, 250);
+        m.error("ProvisionedThroughputExceededException", 1);
+        m.error("InternalFailure", 2);
+        m.throttled(1);
+        m.failed(1);
+        m.request_time(Duration::from_millis(30), 2);
+        m.request_time(Duration::from_millis(10), 2);
+        let s = m.snapshot();
+        assert_eq!(s.user_records_put, 8);
+        assert_eq!(s.user_records_pending, 1);
+        assert_eq!(s.kinesis_records_put, 2);
+        assert_eq!(s.user_records_per_kinesis_record, 4.0);
+        assert_eq!(s.all_errors, 3);
+        assert_eq!(s.errors_by_code["InternalFailure"], 2);
+        assert_eq!(s.request_time_ms, 20.0);
+        assert_eq!(s.request_time_max_ms, 30.0);
+    }
+}

@@ -1,0 +1,702 @@
+//! The pipeline task: owns every stage and moves records along, one event at a time.
+//!
+//! Events are records and commands from the [`Producer`](crate::producer::Producer) handles,
+//! finished PutRecords calls, a refreshed shard map, and timers (an aggregate or call falling
+//! due, a retry's backoff ending, a shard's limiter refilling). After each event,
+//! [`Pipeline::advance`] pushes whatever can move one step further. Nothing polls or spins: when
+//! nothing can move, the task sleeps until the earliest timer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::client::{KinesisApi, StreamId};
+use crate::hash::HashKey;
+use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
+use crate::producer::backoff::Backoff;
+use crate::producer::collector::Collector;
+use crate::producer::config::ProducerConfig;
+use crate::producer::error::{FailureReason, RecordFailure};
+use crate::producer::limiter::{LimiterConfig, ShardLimiter};
+use crate::producer::metrics::Metrics;
+use crate::producer::record::{AttemptError, CallAttempt, PendingRecord, Receipt};
+use crate::producer::retrier::{
+    EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
+};
+use crate::producer::sender::{Completed, Sender};
+use crate::producer::shard_map::ShardMap;
+
+/// Records taken from the input channel per wake-up.
+const INPUT_BATCH: usize = 1024;
+/// Distinct partition keys whose hash is remembered (the cache is cleared when full).
+const HASH_CACHE_ENTRIES: usize = 1 << 16;
+/// Shortest sleep when a timer is already due but cannot act (float rounding in a limiter).
+const MIN_SLEEP: Duration = Duration::from_millis(1);
+
+/// What the handles send to the pipeline task.
+pub(crate) enum Input {
+    Record(PendingRecord),
+    /// Send everything received so far and answer when it has all resolved.
+    Flush(oneshot::Sender<()>),
+    /// Flush, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct ShardQueue {
+    queue: VecDeque<KinesisRecordOut>,
+    limiter: ShardLimiter,
+    listed: bool,
+}
+
+enum Admit {
+    Empty,
+    Limited(Instant),
+    CollectorFull,
+}
+
+pub(crate) struct Pipeline {
+    api: Arc<dyn KinesisApi>,
+    stream: StreamId,
+    config: ProducerConfig,
+    metrics: Arc<Metrics>,
+
+    map: ShardMap,
+    grouping: Grouping,
+    refresh: Option<tokio::task::JoinHandle<()>>,
+    map_tx: mpsc::UnboundedSender<ShardMap>,
+    hash_cache: HashMap<String, HashKey>,
+
+    aggregator: Aggregator,
+    shards: HashMap<Arc<str>, ShardQueue>,
+    waiting: VecDeque<Arc<str>>,
+    limiter_config: LimiterConfig,
+    limiter_wake: Option<Instant>,
+    collector: Collector,
+    sender: Sender,
+    retries: RetryQueue,
+
+    /// Unresolved records per flush epoch; `epochs[0]` is epoch `epoch_base`.
+    epochs: VecDeque<u64>,
+    epoch_base: u64,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    shutdowns: Vec<oneshot::Sender<()>>,
+    closing: bool,
+    outstanding: u64,
+
+    finished: Vec<KinesisRecordOut>,
+    expired: Vec<KinesisRecordOut>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(
+        api: Arc<dyn KinesisApi>,
+        stream: StreamId,
+        config: ProducerConfig,
+        metrics: Arc<Metrics>,
+        map: ShardMap,
+        aggregator: Aggregator,
+    ) -> (
+        Self,
+        mpsc::UnboundedReceiver<Completed>,
+        mpsc::UnboundedReceiver<ShardMap>,
+    ) {
+        let (sender, done_rx) = Sender::new(
+            api.clone(),
+            stream.clone(),
+            config.request_timeout,
+            config.max_concurrent_requests,
+        );
+        let (map_tx, map_rx) = mpsc::unbounded_channel();
+        let pipeline = Pipeline {
+            collector: Collector::new(config.collection_max_count, config.collection_max_size),
+            retries: RetryQueue::new(&config.backoff),
+            limiter_config: LimiterConfig {
+                rate_limit_percent: config.rate_limit_percent,
+                ..LimiterConfig::default()
+            },
+            api,
+            stream,
+            metrics,
+            map,
+            grouping: Grouping::ByShard,
+            refresh: None,
+            map_tx,
+            hash_cache: HashMap::new(),
+            aggregator,
+            shards: HashMap::new(),
+            waiting: VecDeque::new(),
+            limiter_wake: None,
+            sender,
+            epochs: VecDeque::from([0]),
+            epoch_base: 0,
+            flushes: Vec::new(),
+            shutdowns: Vec::new(),
+            closing: false,
+            outstanding: 0,
+            finished: Vec::new(),
+            expired: Vec::new(),
+            config,
+        };
+        (pipeline, done_rx, map_rx)
+    }
+
+    /// Runs until every handle is gone (or `shutdown` was called) and every record resolved.
+    pub(crate) async fn run(
+        mut self,
+        mut input: mpsc::UnboundedReceiver<Input>,
+        mut done: mpsc::UnboundedReceiver<Completed>,
+        mut maps: mpsc::UnboundedReceiver<ShardMap>,
+    ) {
+        let mut buf = Vec::with_capacity(INPUT_BATCH);
+        let mut input_open = true;
+        loop {
+            let now = Instant::now();
+            let wake = self.next_wake(now);
+            tokio::select! {
+                biased;
+                Some(completed) = done.recv() => {
+                    self.on_completed(completed);
+                    while let Ok(completed) = done.try_recv() {
+                        self.on_completed(completed);
+                    }
+                }
+                Some(map) = maps.recv() => self.on_new_map(map),
+                n = input.recv_many(&mut buf, INPUT_BATCH), if input_open => {
+                    if n == 0 {
+                        input_open = false;
+                        self.closing = true;
+                    }
+                    for item in buf.drain(..) {
+                        self.on_input(item);
+                    }
+                }
+                _ = sleep_until(wake) => {}
+            }
+            self.advance(Instant::now());
+            if self.closing && self.outstanding == 0 {
+                break;
+            }
+        }
+        if let Some(task) = self.refresh.take() {
+            task.abort();
+        }
+        for ack in self.shutdowns.drain(..) {
+            let _ = ack.send(());
+        }
+        for (_, ack) in self.flushes.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+
+    fn flushing(&self) -> bool {
+        self.closing || !self.flushes.is_empty()
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Record(mut record) => {
+                if record.record.explicit_hash_key.is_none() {
+                    record.hash_key = self.hash_of(&record.record.partition_key);
+                }
+                let epoch = self.epoch_base + self.epochs.len() as u64 - 1;
+                record.epoch = epoch;
+                *self.epochs.back_mut().expect("one epoch is always open") += 1;
+                self.outstanding += 1;
+                self.metrics
+                    .record_received(1, record.record.billed_bytes() as u64);
+                self.aggregator
+                    .push(record, &self.map, self.grouping, &mut self.finished);
+            }
+            Input::Flush(ack) => {
+                let epoch = self.epoch_base + self.epochs.len() as u64 - 1;
+                self.flushes.push((epoch, ack));
+                self.epochs.push_back(0);
+                self.settle_flushes();
+            }
+            Input::Shutdown(ack) => {
+                self.closing = true;
+                self.shutdowns.push(ack);
+            }
+        }
+    }
+
+    fn hash_of(&mut self, partition_key: &str) -> HashKey {
+        if let Some(hash) = self.hash_cache.get(partition_key) {
+            return *hash;
+        }
+        if self.hash_cache.len() >= HASH_CACHE_ENTRIES {
+            self.hash_cache.clear();
+        }
+        let hash = HashKey::of_partition_key(partition_key);
+        self.hash_cache.insert(partition_key.to_owned(), hash);
+        hash
+    }
+
+    /// Moves everything one step further: due retries back into shard queues, due aggregates
+    /// to shard queues, shard queues through their limiters into the collector, due calls out.
+    fn advance(&mut self, now: Instant) {
+        while let Some(record) = self.retries.pop_due(now) {
+            self.requeue(record, now);
+        }
+        if self.flushing() {
+            self.aggregator.finish_all(&mut self.finished);
+        } else {
+            self.aggregator.finish_due(now, &mut self.finished);
+        }
+        let finished = std::mem::take(&mut self.finished);
+        for record in finished {
+            self.enqueue(record, now);
+        }
+        self.pump(now);
+        let expired = std::mem::take(&mut self.expired);
+        for record in expired {
+            self.expire(record, now);
+        }
+        self.settle_flushes();
+    }
+
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        consider(self.aggregator.next_deadline());
+        if self.sender.has_room() {
+            consider(self.collector.deadline());
+        }
+        consider(self.retries.next_due());
+        consider(self.limiter_wake);
+        wake.map(|w| w.max(now + MIN_SLEEP))
+    }
+
+    fn enqueue(&mut self, record: KinesisRecordOut, now: Instant) {
+        let config = &self.limiter_config;
+        let shard = self
+            .shards
+            .entry(record.shard.clone())
+            .or_insert_with(|| ShardQueue {
+                queue: VecDeque::new(),
+                limiter: ShardLimiter::new(config, now),
+                listed: false,
+            });
+        if !shard.listed {
+            shard.listed = true;
+            self.waiting.push_back(record.shard.clone());
+        }
+        shard.queue.push_back(record);
+    }
+
+    /// Admits queued Kinesis records into the collector as their shards' limiters allow, and
+    /// starts calls that are due.
+    fn pump(&mut self, now: Instant) {
+        self.limiter_wake = None;
+        let flushing = self.flushing();
+        let mut rounds = self.waiting.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some(id) = self.waiting.pop_front() else {
+                break;
+            };
+            match self.admit(&id, now) {
+                Admit::Empty => {
+                    if let Some(shard) = self.shards.get_mut(&id) {
+                        shard.listed = false;
+                    }
+                }
+                Admit::Limited(at) => {
+                    self.limiter_wake = Some(self.limiter_wake.map_or(at, |w| w.min(at)));
+                    self.waiting.push_back(id);
+                }
+                Admit::CollectorFull => {
+                    self.waiting.push_front(id);
+                    if !self.sender.has_room() {
+                        break;
+                    }
+                    self.dispatch(now);
+                    rounds += 1;
+                }
+            }
+        }
+        if self.collector.is_due(now, flushing) && self.sender.has_room() {
+            self.dispatch(now);
+        }
+    }
+
+    fn admit(&mut self, id: &Arc<str>, now: Instant) -> Admit {
+        let Some(shard) = self.shards.get_mut(id) else {
+            return Admit::Empty;
+        };
+        let ttl = self.config.record_ttl;
+        while let Some(front) = shard.queue.front() {
+            if front.oldest() + ttl <= now {
+                let record = shard.queue.pop_front().expect("front exists");
+                self.expired.push(record);
+                continue;
+            }
+            let bytes = front.billed_bytes();
+            if !self.collector.fits(bytes) {
+                return Admit::CollectorFull;
+            }
+            if !shard.limiter.try_take(bytes, now) {
+                return Admit::Limited(shard.limiter.ready_at(bytes, now));
+            }
+            let record = shard.queue.pop_front().expect("front exists");
+            if let Err(record) = self.collector.try_push(record) {
+                unreachable!("the collector had room for {} bytes", record.billed_bytes());
+            }
+        }
+        Admit::Empty
+    }
+
+    fn dispatch(&mut self, now: Instant) {
+        let batch = self.collector.take();
+        self.metrics.put_records_call(batch.len());
+        for record in &batch {
+            self.metrics
+                .buffering_time(now.saturating_duration_since(record.oldest()));
+        }
+        self.sender.send(batch, now);
+    }
+
+    fn on_completed(&mut self, completed: Completed) {
+        let Some(call) = self.sender.complete(completed.id) else {
+            return;
+        };
+        let now = Instant::now();
+        self.metrics
+            .request_time(completed.elapsed, call.records.len());
+        let attempt = |error: Option<AttemptError>| CallAttempt {
+            started: call.started,
+            duration: completed.elapsed,
+            error,
+        };
+        match completed.result {
+            Err(error) => {
+                let (error, retryable) = classify_call_error(&error);
+                tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
+                self.metrics.error(&error.code, call.records.len());
+                for mut record in call.records {
+                    record.attempts.push(attempt(Some(error.clone())));
+                    if retryable {
+                        self.retry(record, now);
+                    } else {
+                        self.fail_fatal(record, &error);
+                    }
+                }
+            }
+            Ok(results) if results.len() != call.records.len() => {
+                let error = mismatch_error(call.records.len(), results.len());
+                tracing::warn!(stream = %self.stream, "{}", error.message);
+                self.metrics.error(&error.code, call.records.len());
+                for mut record in call.records {
+                    record.attempts.push(attempt(Some(error.clone())));
+                    self.retry(record, now);
+                }
+            }
+            Ok(results) => {
+                for (mut record, result) in call.records.into_iter().zip(results) {
+                    match classify_entry(result, &record) {
+                        EntryOutcome::Stored {
+                            shard_id,
+                            sequence_number,
+                        } => {
+                            record.attempts.push(attempt(None));
+                            if let Some(shard) = self.shards.get_mut(&shard_id) {
+                                shard.limiter.on_success(1, now);
+                            }
+                            self.resolve_stored(record, shard_id, sequence_number);
+                        }
+                        EntryOutcome::WrongShard { error } => {
+                            tracing::info!(stream = %self.stream, "{}", error.message);
+                            self.metrics.error(&error.code, 1);
+                            record.attempts.push(attempt(Some(error)));
+                            self.request_refresh();
+                            self.reaggregate(record);
+                        }
+                        EntryOutcome::Retry { error, throttled } => {
+                            if throttled {
+                                self.metrics.throttled(1);
+                                if let Some(shard) = self.shards.get_mut(&record.shard) {
+                                    shard.limiter.on_throttled(now);
+                                }
+                            }
+                            self.metrics.error(&error.code, 1);
+                            record.attempts.push(attempt(Some(error)));
+                            self.retry(record, now);
+                        }
+                        EntryOutcome::Fatal { error } => {
+                            self.metrics.error(&error.code, 1);
+                            record.attempts.push(attempt(Some(error.clone())));
+                            self.fail_fatal(record, &error);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attempts made so far for `record`'s user records (the most any of them had).
+    fn attempts_made(record: &KinesisRecordOut) -> u32 {
+        let prior = record
+            .records
+            .iter()
+            .map(|r| r.attempts.len())
+            .max()
+            .unwrap_or(0);
+        (prior + record.attempts.len()) as u32
+    }
+
+    fn retry(&mut self, record: KinesisRecordOut, now: Instant) {
+        let made = Self::attempts_made(&record);
+        if made >= self.config.max_attempts {
+            let last_error = last_error(&record);
+            let reason = FailureReason::AttemptsExhausted {
+                max_attempts: self.config.max_attempts,
+                last_error,
+            };
+            self.fail_all(record, reason);
+            return;
+        }
+        self.metrics.retry(record.records.len());
+        self.retries.schedule(record, made, now);
+    }
+
+    /// A retried Kinesis record comes back: still within its TTL, and still correct for the
+    /// current shard map?
+    fn requeue(&mut self, record: KinesisRecordOut, now: Instant) {
+        if record.oldest() + self.config.record_ttl <= now {
+            self.expire(record, now);
+        } else if let Some(record) = self.recheck(record) {
+            self.enqueue(record, now);
+        }
+    }
+
+    /// Checks a Kinesis record built under an older shard map against the current one. Records
+    /// that still land correctly are kept (re-targeted); the rest go back to the aggregator.
+    fn recheck(&mut self, mut record: KinesisRecordOut) -> Option<KinesisRecordOut> {
+        if record.map_version == self.map.version() {
+            return Some(record);
+        }
+        let first = record
+            .records
+            .first()
+            .map(|r| r.hash_key)
+            .unwrap_or_default();
+        let owner = self.map.shard(self.map.index_of(first));
+        let keep = record.single_hash
+            || (*owner.id == *record.shard
+                && record
+                    .records
+                    .iter()
+                    .all(|r| owner.range.contains(r.hash_key)));
+        if keep {
+            record.shard = owner.id.clone();
+            record.map_version = self.map.version();
+            Some(record)
+        } else {
+            self.reaggregate(record);
+            None
+        }
+    }
+
+    /// Breaks a Kinesis record into its user records and aggregates them again.
+    fn reaggregate(&mut self, record: KinesisRecordOut) {
+        for mut user in record.records {
+            user.attempts
+                .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
+            self.aggregator
+                .push(user, &self.map, self.grouping, &mut self.finished);
+        }
+    }
+
+    /// Fails the user records whose TTL is over; the rest are aggregated again.
+    fn expire(&mut self, record: KinesisRecordOut, now: Instant) {
+        let ttl = self.config.record_ttl;
+        let last_error = last_error(&record);
+        let call_attempts = record.attempts;
+        for mut user in record.records {
+            user.attempts
+                .extend(call_attempts.iter().map(|a| a.for_record(user.received)));
+            if user.received + ttl <= now {
+                self.metrics.expired(1);
+                let reason = FailureReason::Expired {
+                    ttl,
+                    last_error: last_error.clone(),
+                };
+                self.fail_user(user, reason);
+            } else {
+                self.aggregator
+                    .push(user, &self.map, self.grouping, &mut self.finished);
+            }
+        }
+    }
+
+    fn on_new_map(&mut self, map: ShardMap) {
+        tracing::info!(stream = %self.stream, shards = map.len(), version = map.version(), "shard map refreshed");
+        self.refresh = None;
+        // Everything built under the old map is checked against the new one before it is sent.
+        self.aggregator.finish_all(&mut self.finished);
+        self.map = map;
+        self.grouping = Grouping::ByShard;
+        let mut queued: Vec<KinesisRecordOut> = std::mem::take(&mut self.finished);
+        for shard in self.shards.values_mut() {
+            queued.extend(shard.queue.drain(..));
+            shard.listed = false;
+        }
+        self.waiting.clear();
+        let open: std::collections::HashSet<&str> =
+            self.map.shards().iter().map(|s| &*s.id).collect();
+        self.shards.retain(|id, _| open.contains(&**id));
+        let now = Instant::now();
+        for record in queued {
+            if let Some(record) = self.recheck(record) {
+                self.enqueue(record, now);
+            }
+        }
+    }
+
+    /// Starts a background ListShards (with backoff on failure); until it answers, only records
+    /// of one hash key are aggregated together.
+    fn request_refresh(&mut self) {
+        self.grouping = Grouping::ByHashKey;
+        if self.refresh.is_some() {
+            return;
+        }
+        let api = self.api.clone();
+        let stream = self.stream.clone();
+        let version = self.map.version() + 1;
+        let tx = self.map_tx.clone();
+        let mut backoff = Backoff::new(&self.config.backoff);
+        self.refresh = Some(tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                match ShardMap::load(&*api, &stream, version).await {
+                    Ok(map) => {
+                        let _ = tx.send(map);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(stream = %stream, %error, "ListShards failed; retrying");
+                        tokio::time::sleep(backoff.delay_for_attempt(attempt)).await;
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            }
+        }));
+    }
+
+    fn resolve_stored(
+        &mut self,
+        record: KinesisRecordOut,
+        shard_id: Arc<str>,
+        sequence_number: Arc<str>,
+    ) {
+        let user_records = record.records.len() as u64;
+        let mut user_bytes = 0u64;
+        for (index, user) in record.records.into_iter().enumerate() {
+            user_bytes += user.record.billed_bytes() as u64;
+            let mut attempts = user.attempts;
+            attempts.extend(record.attempts.iter().map(|a| a.for_record(user.received)));
+            self.metrics
+                .retries_per_record(attempts.len().saturating_sub(1) as u64);
+            let receipt = Receipt {
+                shard_id: shard_id.clone(),
+                sequence_number: sequence_number.clone(),
+                sub_sequence_number: index as u64,
+                attempts,
+            };
+            self.settle(user.epoch);
+            // The caller may have dropped the future: the record is stored all the same.
+            let _ = user.reply.send(Ok(receipt));
+        }
+        self.metrics.record_put(
+            user_records,
+            user_bytes,
+            1,
+            record.entry.billed_bytes() as u64,
+        );
+    }
+
+    fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
+        let reason = FailureReason::Fatal {
+            code: error.code.clone(),
+            message: error.message.clone(),
+        };
+        self.fail_all(record, reason);
+    }
+
+    fn fail_all(&mut self, record: KinesisRecordOut, reason: FailureReason) {
+        for mut user in record.records {
+            user.attempts
+                .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
+            self.fail_user(user, reason.clone());
+        }
+    }
+
+    fn fail_user(&mut self, user: PendingRecord, reason: FailureReason) {
+        self.metrics.failed(1);
+        self.settle(user.epoch);
+        let failure = RecordFailure {
+            reason,
+            attempts: user.attempts,
+            record: Some(user.record),
+        };
+        let _ = user.reply.send(Err(failure));
+    }
+
+    /// One record of `epoch` resolved.
+    fn settle(&mut self, epoch: u64) {
+        self.outstanding -= 1;
+        let slot = (epoch - self.epoch_base) as usize;
+        self.epochs[slot] -= 1;
+    }
+
+    /// Answers flushes whose records have all resolved.
+    fn settle_flushes(&mut self) {
+        while self.epochs.len() > 1 && self.epochs[0] == 0 {
+            self.epochs.pop_front();
+            self.epoch_base += 1;
+        }
+        let base = self.epoch_base;
+        let mut i = 0;
+        while i < self.flushes.len() {
+            if self.flushes[i].0 < base {
+                let (_, ack) = self.flushes.swap_remove(i);
+                let _ = ack.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+fn last_error(record: &KinesisRecordOut) -> String {
+    record
+        .attempts
+        .iter()
+        .rev()
+        .find_map(|a| a.error.as_ref())
+        .or_else(|| {
+            record
+                .records
+                .iter()
+                .filter_map(|r| r.attempts.last())
+                .find_map(|a| a.error.as_ref())
+        })
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| {
+            "no attempt was made: the shard's rate limit or the buffer held it back".into()
+        })
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,162 @@
+//! Stage 1, the record: what travels through the pipeline for each user record, and what the
+//! caller gets back — a [`RecordFuture`] resolving to a [`Receipt`] or a [`RecordFailure`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
+
+use crate::hash::HashKey;
+use crate::producer::error::{FailureReason, RecordFailure};
+use crate::record::UserRecord;
+
+/// Where a record was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The shard that stored it.
+    pub shard_id: Arc<str>,
+    /// The sequence number of the Kinesis record that carries it.
+    pub sequence_number: Arc<str>,
+    /// Its index inside that Kinesis record (0 for a record sent on its own). With the sequence
+    /// number it identifies the user record, as the KCL's `subSequenceNumber` does.
+    pub sub_sequence_number: u64,
+    /// Every PutRecords attempt that carried it; the last one succeeded.
+    pub attempts: Vec<Attempt>,
+}
+
+/// One PutRecords attempt as seen by one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When the attempt started, counted from `send`.
+    pub started_after: Duration,
+    /// How long the call took (until the response, the error or the timeout).
+    pub duration: Duration,
+    /// `None` if the record was stored by this attempt; else the error code (e.g.
+    /// `ProvisionedThroughputExceededException`, `Timeout`, `WrongShard`) and message.
+    pub error: Option<AttemptError>,
+}
+
+/// Why an attempt did not store the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    /// The service's error code, or kpl's name for a client-side failure (`Timeout`,
+    /// `Connection`, `WrongShard`, `ResponseMismatch`).
+    pub code: String,
+    /// Detail.
+    pub message: String,
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            f.write_str(&self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+/// One call's attempt, recorded on the Kinesis record that went out; turned into an [`Attempt`]
+/// per user record when the record resolves.
+#[derive(Debug, Clone)]
+pub(crate) struct CallAttempt {
+    pub started: Instant,
+    pub duration: Duration,
+    pub error: Option<AttemptError>,
+}
+
+impl CallAttempt {
+    pub(crate) fn for_record(&self, received: Instant) -> Attempt {
+        Attempt {
+            started_after: self.started.saturating_duration_since(received),
+            duration: self.duration,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The outcome of one record.
+pub type RecordResult = Result<Receipt, RecordFailure>;
+
+/// Resolves when the record is stored or has failed. Dropping it does not cancel the record:
+/// the producer still sends it, and the buffer room it holds returns when it resolves.
+#[derive(Debug)]
+#[must_use = "a record's outcome is only known by awaiting its future"]
+pub struct RecordFuture {
+    rx: oneshot::Receiver<RecordResult>,
+}
+
+impl Future for RecordFuture {
+    type Output = RecordResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(RecordFailure {
+                    reason: FailureReason::Lost,
+                    attempts: Vec::new(),
+                    record: None,
+                })
+            })
+        })
+    }
+}
+
+/// The buffer room one record holds, returned when it is dropped.
+#[derive(Debug)]
+pub(crate) struct BufferPermit {
+    _records: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl BufferPermit {
+    pub(crate) fn new(records: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
+        BufferPermit {
+            _records: records,
+            _bytes: bytes,
+        }
+    }
+}
+
+/// A user record inside the pipeline.
+#[derive(Debug)]
+pub(crate) struct PendingRecord {
+    pub record: UserRecord,
+    /// Routing hash; filled in by the pipeline task (a cache avoids re-hashing hot keys).
+    pub hash_key: HashKey,
+    pub reply: oneshot::Sender<RecordResult>,
+    pub received: Instant,
+    /// Attempts made while the record was in an earlier Kinesis record (it is re-aggregated
+    /// after a wrong-shard put or a reshard).
+    pub attempts: Vec<Attempt>,
+    /// Which flush epoch it belongs to (see the pipeline's flush accounting).
+    pub epoch: u64,
+    pub _permit: Option<BufferPermit>,
+}
+
+impl PendingRecord {
+    /// A new record and the future its caller awaits.
+    pub(crate) fn new(
+        record: UserRecord,
+        received: Instant,
+        permit: Option<BufferPermit>,
+    ) -> (PendingRecord, RecordFuture) {
+        let (tx, rx) = oneshot::channel();
+        let hash_key = record.explicit_hash_key.unwrap_or_default();
+        (
+            PendingRecord {
+                record,
+                hash_key,
+                reply: tx,
+                received,
+                attempts: Vec::new(),
+                epoch: 0,
+                _permit: permit,
+            },
+            RecordFuture { rx },
+        )
+    }
+}
