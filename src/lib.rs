@@ -14,6 +14,7 @@ pub mod codec;
 pub mod hash;
 pub mod limits;
 pub mod producer;
+pub mod reader;
 pub mod record;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -25,6 +25,7 @@ use crate::producer::metrics::Metrics;
 use crate::producer::record::{AttemptError, CallAttempt, PendingRecord, Receipt};
 use crate::producer::retrier::{
     EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
+    wrong_shard_error,
 };
 use crate::producer::sender::{Completed, Sender};
 use crate::producer::shard_map::ShardMap;
@@ -88,6 +89,15 @@ pub(crate) struct Pipeline {
 
     finished: Vec<KinesisRecordOut>,
     expired: Vec<KinesisRecordOut>,
+    /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
+    misplaced: Vec<Misplaced>,
+}
+
+struct Misplaced {
+    record: KinesisRecordOut,
+    shard_id: String,
+    sequence_number: String,
+    attempt: CallAttempt,
 }
 
 impl Pipeline {
@@ -138,6 +148,7 @@ impl Pipeline {
             outstanding: 0,
             finished: Vec::new(),
             expired: Vec::new(),
+            misplaced: Vec::new(),
             config,
         };
         (pipeline, done_rx, map_rx)
@@ -411,12 +422,23 @@ impl Pipeline {
                             }
                             self.resolve_stored(record, shard_id, sequence_number);
                         }
-                        EntryOutcome::WrongShard { error } => {
-                            tracing::info!(stream = %self.stream, "{}", error.message);
-                            self.metrics.error(&error.code, 1);
-                            record.attempts.push(attempt(Some(error)));
+                        EntryOutcome::WrongShard {
+                            shard_id,
+                            sequence_number,
+                        } => {
+                            tracing::info!(
+                                stream = %self.stream,
+                                predicted = %record.shard,
+                                actual = %shard_id,
+                                "an aggregate landed on an unexpected shard: refreshing the shard map"
+                            );
+                            self.misplaced.push(Misplaced {
+                                record,
+                                shard_id,
+                                sequence_number,
+                                attempt: attempt(None),
+                            });
                             self.request_refresh();
-                            self.reaggregate(record);
                         }
                         EntryOutcome::Retry { error, throttled } => {
                             if throttled {
@@ -556,6 +578,31 @@ impl Pipeline {
         for record in queued {
             if let Some(record) = self.recheck(record) {
                 self.enqueue(record, now);
+            }
+        }
+        // Aggregates stored on an unexpected shard: delivered by the KCL if all their records
+        // lie in that shard's range (e.g. a merge), else sent again (e.g. a split).
+        for m in std::mem::take(&mut self.misplaced) {
+            let Misplaced {
+                mut record,
+                shard_id,
+                sequence_number,
+                mut attempt,
+            } = m;
+            let fits = self
+                .map
+                .range_of(&shard_id)
+                .is_some_and(|range| record.records.iter().all(|r| range.contains(r.hash_key)));
+            if fits {
+                record.attempts.push(attempt);
+                self.resolve_stored(record, Arc::from(shard_id), Arc::from(sequence_number));
+            } else {
+                let error = wrong_shard_error(&record.shard, &shard_id, &sequence_number);
+                tracing::info!(stream = %self.stream, "{}", error.message);
+                self.metrics.error(&error.code, 1);
+                attempt.error = Some(error);
+                record.attempts.push(attempt);
+                self.reaggregate(record);
             }
         }
     }

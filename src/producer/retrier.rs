@@ -34,8 +34,12 @@ pub(crate) enum EntryOutcome {
         shard_id: Arc<str>,
         sequence_number: Arc<str>,
     },
-    /// Stored on an unexpected shard while holding several hash keys: send its records again.
-    WrongShard { error: AttemptError },
+    /// Stored on an unexpected shard while holding several hash keys: whether the KCL will
+    /// deliver it depends on that shard's range, known after the shard map is refreshed.
+    WrongShard {
+        shard_id: String,
+        sequence_number: String,
+    },
     /// Not stored; may succeed later.
     Retry {
         error: AttemptError,
@@ -67,13 +71,8 @@ pub(crate) fn classify_entry(
                 }
             } else {
                 EntryOutcome::WrongShard {
-                    error: AttemptError {
-                        code: "WrongShard".into(),
-                        message: format!(
-                            "an aggregate predicted for {} was stored on {shard_id} (sequence number {sequence_number}); the shard map is stale, its records are sent again",
-                            record.shard
-                        ),
-                    },
+                    shard_id,
+                    sequence_number,
                 }
             }
         }
@@ -108,6 +107,20 @@ pub(crate) fn classify_call_error(error: &ApiError) -> (AttemptError, bool) {
         },
         error.is_retryable(),
     )
+}
+
+/// The attempt error of an aggregate that the KCL would drop from the shard it landed on.
+pub(crate) fn wrong_shard_error(
+    predicted: &str,
+    actual: &str,
+    sequence_number: &str,
+) -> AttemptError {
+    AttemptError {
+        code: "WrongShard".into(),
+        message: format!(
+            "an aggregate predicted for {predicted} was stored on {actual} (sequence number {sequence_number}) and holds records outside that shard's range, so the KCL drops it; its records are sent again"
+        ),
+    }
 }
 
 /// An error for every entry of a response whose length does not match the call.

@@ -6,6 +6,7 @@
 //! comparisons per record. The pipeline refreshes it when a put lands on a shard other than the
 //! predicted one (a split or merge happened), with backoff while ListShards is throttled.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::client::{ApiError, KinesisApi, ShardInfo, StreamId};
@@ -24,6 +25,8 @@ pub struct ShardSlot {
 #[derive(Debug, Clone, Default)]
 pub struct ShardMap {
     shards: Vec<ShardSlot>,
+    /// Every listed shard's range, closed ones included.
+    ranges: HashMap<Arc<str>, HashRange>,
     version: u64,
 }
 
@@ -83,8 +86,13 @@ impl ShardMap {
                 "the last open shard does not end at 2^128-1".into(),
             ));
         }
+        let ranges = shards
+            .iter()
+            .map(|s| (Arc::from(s.shard_id.as_str()), s.hash_range))
+            .collect();
         Ok(ShardMap {
             shards: open,
+            ranges,
             version,
         })
     }
@@ -117,6 +125,11 @@ impl ShardMap {
     /// The shard at `index`.
     pub fn shard(&self, index: usize) -> &ShardSlot {
         &self.shards[index]
+    }
+
+    /// The range of any listed shard, open or closed.
+    pub fn range_of(&self, shard_id: &str) -> Option<HashRange> {
+        self.ranges.get(shard_id).copied()
     }
 
     /// Open shards, sorted by hash range.

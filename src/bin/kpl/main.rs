@@ -1,3 +1,71 @@
-//! The `kpl` command-line tool.
+//! `kpl`: put lines into a Kinesis stream, read a stream back, decode a record, run a local
+//! Kinesis with shard limits and faults, and measure shard throughput.
+//!
+//! Exit codes: 0 success; 1 some records failed (they are reported); 2 usage, configuration,
+//! credential or stream errors (nothing could be done), with a message that says what to do.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cat;
+mod common;
+mod decode;
+mod put;
+
+/// Kinesis Data Streams producer and reader.
+#[derive(Parser, Debug)]
+#[command(name = "kpl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Put stdin lines into a stream, one user record per line.
+    Put(put::Args),
+    /// Read a stream back: every shard, parents before children, deaggregated.
+    Cat(cat::Args),
+    /// Decode one Kinesis record payload from stdin into its user records (JSON lines).
+    Decode(decode::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kpl: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Put(args) => put::run(args).await,
+            Command::Cat(args) => cat::run(args).await,
+            Command::Decode(args) => decode::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kpl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

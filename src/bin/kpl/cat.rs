@@ -1,0 +1,145 @@
+//! `kpl cat --stream NAME`: read every shard (parents before children), deaggregate plain, KPL
+//! and compressed records, check each user record against its shard's hash range (the check
+//! that makes the KCL drop an aggregate silently), and print the user records.
+
+use std::io::{BufWriter, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kpl::client::StreamId;
+use kpl::client::sdk::StartPosition;
+use kpl::codec::deaggregate::{Deaggregator, outside_range};
+use kpl::reader::{ReaderConfig, StreamReader};
+
+use crate::common::{ConnectArgs, parse_duration};
+
+/// Arguments of `kpl cat`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Stream name or ARN.
+    #[arg(long)]
+    stream: String,
+    /// Where to start: trim-horizon, latest, or at-timestamp:SECONDS (since the Unix epoch).
+    #[arg(long, default_value = "trim-horizon", value_parser = parse_start)]
+    from: StartPosition,
+    /// Keep reading new records at the tip of the stream.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after this many user records.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Stop after this long without a new record (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// raw: each user record's data on its own line; json: one object per user record with
+    /// shard_id, sequence_number, sub_sequence_number, partition_key, explicit_hash_key, data
+    /// (base64).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "json"])]
+    format: String,
+    /// A record with the KPL magic but a bad MD5 or protobuf is an error, not plain data.
+    #[arg(long)]
+    strict: bool,
+    /// No summary on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+fn parse_start(s: &str) -> Result<StartPosition, String> {
+    match s.split_once(':') {
+        None if s == "trim-horizon" => Ok(StartPosition::TrimHorizon),
+        None if s == "latest" => Ok(StartPosition::Latest),
+        Some(("at-timestamp", t)) => t
+            .parse::<f64>()
+            .map(StartPosition::AtTimestamp)
+            .map_err(|_| format!("{t:?} is not a Unix time in seconds")),
+        _ => Err(format!(
+            "{s:?}: use trim-horizon, latest or at-timestamp:SECONDS"
+        )),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let api = args.connect.sdk(Duration::from_secs(10)).await;
+    let config = ReaderConfig {
+        start: args.from.clone(),
+        follow: args.follow,
+        idle_timeout: args.idle_timeout,
+        max_records: None,
+    };
+    let mut reader = StreamReader::new(api, StreamId::parse(&args.stream), config)
+        .await
+        .with_context(|| format!("cannot read stream {}", args.stream))?;
+    let deaggregator = Deaggregator::new().strict(args.strict);
+    let json = args.format == "json";
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let (mut user_records, mut outside, mut undecodable) = (0u64, 0u64, 0u64);
+    'read: while let Some(batch) = reader.next_batch().await? {
+        for r in batch {
+            let records =
+                match deaggregator.deaggregate(&r.record.data, &r.record.partition_key, None) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        undecodable += 1;
+                        eprintln!("kpl cat: {} {}: {e}", r.shard_id, r.record.sequence_number);
+                        continue;
+                    }
+                };
+            let bad = outside_range(&records, r.shard_range);
+            if !bad.is_empty() {
+                outside += bad.len() as u64;
+                eprintln!(
+                    "kpl cat: warning: {} of {} user records in {} {} hash outside the shard's range: the KCL drops this whole record",
+                    bad.len(),
+                    records.len(),
+                    r.shard_id,
+                    r.record.sequence_number
+                );
+            }
+            for u in records {
+                let written = if json {
+                    let line = serde_json::json!({
+                        "shard_id": &*r.shard_id,
+                        "sequence_number": r.record.sequence_number,
+                        "sub_sequence_number": u.sub_sequence_number,
+                        "partition_key": u.partition_key,
+                        "explicit_hash_key": u.explicit_hash_key,
+                        "data": STANDARD.encode(&u.data),
+                    });
+                    writeln!(out, "{line}")
+                } else {
+                    out.write_all(&u.data).and_then(|()| out.write_all(b"\n"))
+                };
+                if let Err(e) = written {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
+                user_records += 1;
+                if args.max_records.is_some_and(|m| user_records >= m) {
+                    break 'read;
+                }
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
+    if !args.quiet {
+        eprintln!(
+            "kpl cat: {user_records} user records from {} Kinesis records; {outside} outside their shard's range; {undecodable} undecodable",
+            reader.records_read()
+        );
+    }
+    Ok(if undecodable > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,165 @@
+//! Flags shared by the subcommands: where Kinesis is, and the producer's knobs.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kpl::client::KinesisApi;
+use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::producer::config::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_OUTSTANDING_BYTES,
+    DEFAULT_MAX_OUTSTANDING_RECORDS, DEFAULT_RATE_LIMIT_PERCENT, DEFAULT_ZSTD_LEVEL,
+};
+use kpl::producer::{Compression, ProducerConfig, ProducerError};
+
+/// Where Kinesis is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Kinesis endpoint URL [default: AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL, or the
+    /// region's AWS endpoint]. A loopback endpoint with no credentials configured is signed with
+    /// placeholder credentials.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region [default: AWS_REGION, the profile's, or us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+impl ConnectArgs {
+    /// An SDK client with `attempt_timeout` per call.
+    pub async fn sdk(&self, attempt_timeout: Duration) -> SdkKinesis {
+        SdkKinesis::connect(ConnectOptions {
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            attempt_timeout,
+        })
+        .await
+    }
+
+    /// The same as a `KinesisApi`.
+    pub async fn api(&self, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
+        Arc::new(self.sdk(attempt_timeout).await)
+    }
+}
+
+/// The producer's knobs (see `ProducerConfig` for what each does).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProducerArgs {
+    /// Send every line as its own Kinesis record (no KPL aggregation).
+    #[arg(long)]
+    pub no_aggregation: bool,
+    /// Largest aggregate in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 51_200)]
+    pub aggregation_max_size: usize,
+    /// Compress Kinesis records: none, zstd, or zstd:LEVEL (only kpl readers decode it).
+    #[arg(long, default_value = "none", value_parser = parse_compression)]
+    pub compression: Compression,
+    /// Longest a record waits to be batched (e.g. 100ms, 1s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub max_buffered_time: Duration,
+    /// Per-shard rate in percent of 1000 records/s and 1 MiB/s.
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_RATE_LIMIT_PERCENT)]
+    pub rate_limit: u32,
+    /// Attempts per record, the first included.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// A record not stored within this time fails (e.g. 30s).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub record_ttl: Duration,
+    /// Timeout of one PutRecords attempt (e.g. 6s).
+    #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Records accepted and not yet resolved before reading pauses.
+    #[arg(long, default_value_t = DEFAULT_MAX_OUTSTANDING_RECORDS)]
+    pub max_outstanding_records: usize,
+    /// Bytes accepted and not yet resolved before reading pauses.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_OUTSTANDING_BYTES)]
+    pub max_outstanding_bytes: usize,
+    /// PutRecords calls in flight at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+}
+
+impl ProducerArgs {
+    /// The producer configuration, validated.
+    pub fn config(&self) -> anyhow::Result<ProducerConfig> {
+        let config = ProducerConfig {
+            aggregation_enabled: !self.no_aggregation,
+            aggregation_max_size: self.aggregation_max_size,
+            compression: self.compression,
+            record_max_buffered_time: self.max_buffered_time,
+            rate_limit_percent: self.rate_limit,
+            max_attempts: self.max_attempts,
+            record_ttl: self.record_ttl,
+            request_timeout: self.request_timeout,
+            max_outstanding_records: self.max_outstanding_records,
+            max_outstanding_bytes: self.max_outstanding_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            ..ProducerConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `none`, `zstd` or `zstd:LEVEL`.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s.split_once(':') {
+        None if s == "none" => Ok(Compression::None),
+        None if s == "zstd" => Ok(Compression::Zstd {
+            level: DEFAULT_ZSTD_LEVEL,
+        }),
+        Some(("zstd", level)) => level
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=22).contains(l))
+            .map(|level| Compression::Zstd { level })
+            .ok_or_else(|| format!("zstd level {level:?} must be 1 to 22")),
+        _ => Err(format!("{s:?}: use none, zstd or zstd:LEVEL")),
+    }
+}
+
+/// `250ms`, `2s`, `1.5s`, `3m`; a bare number is milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 250ms, 2s or 1m"))?;
+    let secs = match unit {
+        "" | "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Reports a producer that could not start and returns exit code 2.
+pub fn exit_for_producer_error(error: &ProducerError) -> ExitCode {
+    eprintln!("kpl: {error}");
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_compression_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("100"), Ok(Duration::from_millis(100)));
+        assert!(parse_duration("2 parsecs").is_err());
+        assert_eq!(
+            parse_compression("zstd:3"),
+            Ok(Compression::Zstd { level: 3 })
+        );
+        assert!(parse_compression("zstd:30").is_err());
+        assert!(parse_compression("gzip").is_err());
+    }
+}
