@@ -127,10 +127,10 @@ fn wait_ready(server: &Server, port: u16) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             if s.write_all(request.as_bytes()).is_ok() {
                 let mut buf = [0u8; 64];
-                if let Ok(n) = s.read(&mut buf) {
-                    if buf[..n].starts_with(b"HTTP/1.1 200") {
-                        return;
-                    }
+                if let Ok(n) = s.read(&mut buf)
+                    && buf[..n].starts_with(b"HTTP/1.1 200")
+                {
+                    return;
                 }
             }
         }

@@ -171,11 +171,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Err(failure) => {
                     let reason = reason_label(&failure.reason);
                     *tally.failed.entry(reason).or_default() += 1;
-                    if let FailureReason::Fatal { .. } = failure.reason {
-                        if tally.fatal.is_none() {
-                            tally.fatal = Some(failure.to_string());
-                            stop.store(true, Ordering::SeqCst);
-                        }
+                    if matches!(failure.reason, FailureReason::Fatal { .. })
+                        && tally.fatal.is_none()
+                    {
+                        tally.fatal = Some(failure.to_string());
+                        stop.store(true, Ordering::SeqCst);
                     }
                     if let (Some(file), Some(record)) = (&mut failed_file, failure.record) {
                         write_line(file, &record.data).await?;
