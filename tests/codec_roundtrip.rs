@@ -52,7 +52,7 @@ proptest! {
                 // Refused: nothing changed, and the aggregate holds at least two records (a lone
                 // record is always accepted).
                 prop_assert_eq!(b.data_len(), before);
-                prop_assert!(b.len() >= 1);
+                prop_assert!(!b.is_empty());
                 // As full as it can be: with the refused record it would exceed the limit.
                 let mut probe = AggregateBuilder::new(AggregateLimits { max_bytes: usize::MAX, max_count: usize::MAX });
                 for g in groups.last().unwrap().iter().chain([r]) {

@@ -1,1 +1,264 @@
-//! `kpl sim`: embedded ferrokinesis with shard limits and a fault layer.
+//! `kpl sim`: a Kinesis on this machine that enforces shard limits and injects faults.
+//!
+//! The store is [ferrokinesis](https://crates.io/crates/ferrokinesis) embedded as a library
+//! (its axum router, served on 127.0.0.1), with its shard write limits on by default: entries
+//! over 1000 records/s or 1 MiB/s per shard fail with ProvisionedThroughputExceededException,
+//! as on AWS. In front of it sits kpl's fault layer ([`Faults`]): per-entry failures (removed
+//! before the store, so a failed entry was really not stored), fatal and 5xx request errors,
+//! latency, hangs, stored-but-lost responses, connection resets, a down period and a reshard
+//! at a given time — seeded, so a run repeats, and changeable while running through
+//! [`SimHandle::set_faults`] or `POST /_sim/faults` (`GET /_sim/stats` counts what happened).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use kpl::sim::{Sim, SimConfig};
+//! let sim = Sim::start(SimConfig::default()).await?;
+//! sim.create_stream("logs", 4).await?;
+//! println!("Kinesis with shard limits at {}", sim.endpoint());
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::client::sdk::{ConnectOptions, SdkKinesis};
+use crate::client::{ApiError, KinesisApi, StreamId};
+use crate::hash::HashKey;
+
+pub mod faults;
+mod layer;
+
+pub use faults::{EntryFault, Faults, RequestFault, Reshard, SimStats};
+
+/// How to run the simulator.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Enforce shard write limits (1000 records/s, 1 MiB/s per shard). Default on.
+    pub enforce_limits: bool,
+    /// Most open shards across streams. Default 100 000 (benchmarks need many).
+    pub shard_limit: u32,
+    /// Seed of the fault layer's decisions.
+    pub seed: u64,
+    /// Faults from the start.
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            port: 0,
+            enforce_limits: true,
+            shard_limit: 100_000,
+            seed: 0,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Why the simulator could not start or act.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The port could not be bound.
+    #[error(
+        "cannot listen on 127.0.0.1:{port}: {source}; pick another --port (0 picks a free one)"
+    )]
+    Bind {
+        /// The port asked for.
+        port: u16,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// A call to the embedded Kinesis failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// The simulator entry point.
+pub struct Sim;
+
+/// A running simulator; stops when [`shutdown`](SimHandle::shutdown) is called or it is dropped.
+pub struct SimHandle {
+    endpoint: String,
+    shared: Arc<layer::Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: SdkKinesis,
+}
+
+impl Sim {
+    /// Binds 127.0.0.1 and serves the embedded Kinesis behind the fault layer.
+    pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+            .await
+            .map_err(|source| SimError::Bind {
+                port: config.port,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            port: config.port,
+            source,
+        })?;
+        let endpoint = format!("http://{addr}");
+        let (kinesis, _store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
+            enforce_limits: config.enforce_limits,
+            shard_limit: config.shard_limit,
+            create_stream_ms: 0,
+            delete_stream_ms: 0,
+            update_stream_ms: 0,
+            ..Default::default()
+        });
+        let shared = Arc::new(layer::Shared {
+            state: Mutex::new(faults::FaultState::new(Faults::default(), config.seed)),
+            endpoint: endpoint.clone(),
+        });
+        let app = layer::router(kinesis, shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = layer::FaultListener {
+            inner: listener,
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "kpl sim stopped");
+            }
+        });
+        let client = SdkKinesis::connect(ConnectOptions {
+            endpoint_url: Some(endpoint.clone()),
+            region: Some("us-east-1".into()),
+            attempt_timeout: Duration::from_secs(10),
+        })
+        .await;
+        apply_faults(&shared, config.faults);
+        Ok(SimHandle {
+            endpoint,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+            client,
+        })
+    }
+}
+
+/// Installs `faults` and schedules their reshard, if any.
+pub(crate) fn apply_faults(shared: &Arc<layer::Shared>, faults: Faults) {
+    let reshard = faults.reshard.clone().zip(faults.stream.clone());
+    shared.lock().replace(faults);
+    if let Some((reshard, stream)) = reshard {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(reshard.at_ms)).await;
+            let client = SdkKinesis::connect(ConnectOptions {
+                endpoint_url: Some(shared.endpoint.clone()),
+                region: Some("us-east-1".into()),
+                attempt_timeout: Duration::from_secs(10),
+            })
+            .await;
+            match reshard_now(&client, &stream, &reshard.kind).await {
+                Ok(()) => shared.lock().stats.reshards += 1,
+                Err(e) => tracing::warn!(stream, error = %e, "kpl sim: scheduled reshard failed"),
+            }
+        });
+    }
+}
+
+async fn reshard_now(client: &SdkKinesis, stream: &str, kind: &str) -> Result<(), ApiError> {
+    let id = StreamId::Name(stream.to_owned());
+    let mut open: Vec<_> = client
+        .list_all_shards(&id)
+        .await?
+        .into_iter()
+        .filter(|s| s.open)
+        .collect();
+    open.sort_by_key(|s| s.hash_range.start);
+    match (kind, open.as_slice()) {
+        ("split", [first, ..]) => {
+            let r = first.hash_range;
+            let mid = HashKey(r.start.0 + (r.end.0 - r.start.0) / 2 + 1);
+            client.split_shard(stream, &first.shard_id, mid).await
+        }
+        ("merge", [a, b, ..]) => client.merge_shards(stream, &a.shard_id, &b.shard_id).await,
+        _ => Err(ApiError::service(
+            "InvalidArgumentException",
+            None,
+            format!(
+                "cannot {kind} stream {stream} with {} open shards",
+                open.len()
+            ),
+        )),
+    }
+}
+
+impl SimHandle {
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Creates a stream of `shards` shards, ACTIVE when this returns.
+    pub async fn create_stream(&self, name: &str, shards: u32) -> Result<(), SimError> {
+        self.client.create_stream(name, shards as i32).await?;
+        Ok(())
+    }
+
+    /// Replaces the faults (and schedules their reshard).
+    pub fn set_faults(&self, faults: Faults) {
+        apply_faults(&self.shared, faults);
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.shared.lock().faults.clone()
+    }
+
+    /// What the fault layer saw and did.
+    pub fn stats(&self) -> SimStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// An SDK client for this simulator.
+    pub fn client(&self) -> &SdkKinesis {
+        &self.client
+    }
+
+    /// The simulator as a [`KinesisApi`].
+    pub fn api(&self) -> Arc<dyn KinesisApi> {
+        Arc::new(self.client.clone())
+    }
+
+    /// Stops serving (waiting at most 2 s for requests in flight).
+    pub async fn shutdown(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

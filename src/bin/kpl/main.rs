@@ -12,6 +12,7 @@ mod cat;
 mod common;
 mod decode;
 mod put;
+mod sim;
 
 /// Kinesis Data Streams producer and reader.
 #[derive(Parser, Debug)]
@@ -29,6 +30,8 @@ enum Command {
     Cat(cat::Args),
     /// Decode one Kinesis record payload from stdin into its user records (JSON lines).
     Decode(decode::Args),
+    /// Run a local Kinesis with shard limits and injectable faults.
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             Command::Put(args) => put::run(args).await,
             Command::Cat(args) => cat::run(args).await,
             Command::Decode(args) => decode::run(args),
+            Command::Sim(args) => sim::run(args).await,
         }
     });
     match result {

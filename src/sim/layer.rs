@@ -1,0 +1,278 @@
+//! The fault layer: an axum middleware in front of the ferrokinesis router, a listener that
+//! drops connections, and the control endpoint (`/_sim/faults`, `/_sim/stats`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::sim::faults::{Decision, FaultState, Faults, RequestFault};
+
+/// Largest request body the layer reads (PutRecords is at most 5 MiB; leave room for the
+/// service's own size check to answer).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+const JSON: &str = "application/x-amz-json-1.1";
+
+/// State shared by the layer, the listener, the control routes and the handle.
+pub(crate) struct Shared {
+    pub state: Mutex<FaultState>,
+    pub endpoint: String,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The ferrokinesis router behind the fault layer, plus the control routes.
+pub(crate) fn router(kinesis: Router, shared: Arc<Shared>) -> Router {
+    let control = Router::new()
+        .route("/_sim/faults", get(get_faults).post(set_faults))
+        .route("/_sim/stats", get(get_stats))
+        .with_state(shared.clone());
+    let kinesis = kinesis.layer(axum::middleware::from_fn_with_state(shared, fault_layer));
+    control.merge(kinesis)
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
+    let faults = shared.lock().faults.clone();
+    axum::Json(faults).into_response()
+}
+
+async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(faults) => {
+            super::apply_faults(&shared, faults);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid faults JSON: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn get_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let stats = shared.lock().stats.clone();
+    axum::Json(stats).into_response()
+}
+
+fn error_response(fault: &RequestFault) -> Response {
+    let body =
+        json!({"__type": fault.code, "message": format!("{} injected by kpl sim", fault.code)});
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
+}
+
+fn target(req: &Request) -> Option<String> {
+    req.headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('.').next())
+        .map(str::to_owned)
+}
+
+fn stream_of(body: &Value) -> Option<&str> {
+    body.get("StreamName")
+        .or_else(|| body.get("StreamARN"))
+        .and_then(Value::as_str)
+}
+
+async fn fault_layer(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let op = target(&req);
+    let is_put = matches!(op.as_deref(), Some("PutRecords" | "PutRecord"));
+    let close = {
+        let mut s = shared.lock();
+        s.stats.requests += 1;
+        s.faults.reset_probability > 0.0
+    };
+    let mut response = if is_put {
+        put_with_faults(&shared, op.as_deref() == Some("PutRecords"), req, next).await
+    } else {
+        next.run(req).await
+    };
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let (targeted, latency, hang) = {
+        let s = shared.lock();
+        let stream = parsed.as_ref().and_then(stream_of);
+        (
+            s.targets(stream),
+            Duration::from_millis(s.faults.latency_ms),
+            Duration::from_millis(s.faults.hang_ms),
+        )
+    };
+    let rebuild = |bytes: Bytes| {
+        let mut parts = parts.clone();
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Request::from_parts(parts, Body::from(bytes))
+    };
+    if !targeted {
+        return next.run(rebuild(bytes)).await;
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let decision = {
+        let mut s = shared.lock();
+        s.stats.put_requests += 1;
+        s.decide_request()
+    };
+    match decision {
+        Decision::Error(fault) => return error_response(&fault),
+        Decision::Hang => {
+            tokio::time::sleep(hang).await;
+            return error_response(&RequestFault {
+                code: "InternalFailure".into(),
+                status: 500,
+                probability: 1.0,
+            });
+        }
+        Decision::LoseResponse => {
+            let response = next.run(rebuild(bytes)).await;
+            tokio::time::sleep(hang).await;
+            return response;
+        }
+        Decision::Pass => {}
+    }
+    let Some(mut body) = parsed else {
+        return next.run(rebuild(bytes)).await;
+    };
+    if !batch {
+        let fate = {
+            let mut s = shared.lock();
+            s.stats.entries_seen += 1;
+            s.decide_entries(1).pop().flatten()
+        };
+        return match fate {
+            Some(code) => error_response(&RequestFault {
+                code,
+                status: 400,
+                probability: 1.0,
+            }),
+            None => {
+                shared.lock().stats.entries_forwarded += 1;
+                next.run(rebuild(bytes)).await
+            }
+        };
+    }
+    let entries = match body.get_mut("Records").and_then(Value::as_array_mut) {
+        Some(entries) => std::mem::take(entries),
+        None => return next.run(rebuild(bytes)).await,
+    };
+    let fates = {
+        let mut s = shared.lock();
+        s.stats.entries_seen += entries.len() as u64;
+        let fates = s.decide_entries(entries.len());
+        s.stats.entries_forwarded += fates.iter().filter(|f| f.is_none()).count() as u64;
+        fates
+    };
+    if fates.iter().all(Option::is_none) {
+        return next.run(rebuild(bytes)).await;
+    }
+    let forwarded: Vec<Value> = entries
+        .into_iter()
+        .zip(&fates)
+        .filter(|(_, fate)| fate.is_none())
+        .map(|(e, _)| e)
+        .collect();
+    let mut stored: Vec<Value> = Vec::new();
+    let mut store_failed = 0u64;
+    let mut encryption = Value::Null;
+    if !forwarded.is_empty() {
+        body["Records"] = Value::Array(forwarded);
+        let response = next.run(rebuild(Bytes::from(body.to_string()))).await;
+        if response.status() != StatusCode::OK {
+            return response;
+        }
+        let Ok(answer) = axum::body::to_bytes(response.into_body(), MAX_BODY).await else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "unreadable store answer").into_response();
+        };
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        store_failed = answer["FailedRecordCount"].as_u64().unwrap_or(0);
+        encryption = answer["EncryptionType"].clone();
+        stored = answer["Records"].as_array().cloned().unwrap_or_default();
+    }
+    let mut stored = stored.into_iter();
+    let mut failed = store_failed;
+    let records: Vec<Value> = fates
+        .into_iter()
+        .map(|fate| match fate {
+            Some(code) => {
+                failed += 1;
+                json!({"ErrorCode": code, "ErrorMessage": format!("{code} injected by kpl sim")})
+            }
+            None => stored.next().unwrap_or(Value::Null),
+        })
+        .collect();
+    let mut merged = json!({"FailedRecordCount": failed, "Records": records});
+    if !encryption.is_null() {
+        merged["EncryptionType"] = encryption;
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, JSON)],
+        merged.to_string(),
+    )
+        .into_response()
+}
+
+/// A listener that drops connections while the endpoint is "down" and at the reset rate.
+pub(crate) struct FaultListener {
+    pub inner: TcpListener,
+    pub shared: Arc<Shared>,
+}
+
+impl axum::serve::Listener for FaultListener {
+    type Io = TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    if self.shared.lock().drop_connection() {
+                        // Reset rather than close politely: the client sees the connection die.
+                        let _ = stream.set_zero_linger();
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    return (stream, addr);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kpl sim: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}

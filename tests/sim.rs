@@ -1,0 +1,324 @@
+//! `kpl sim`: shard limits and each fault, observed with a plain SDK client and by reading the
+//! stream back.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::client::{ApiErrorKind, KinesisApi, PutRecordsEntry, PutRecordsResultEntry, StreamId};
+use kpl::sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
+
+async fn sim(enforce_limits: bool, shards: u32) -> SimHandle {
+    let sim = Sim::start(SimConfig {
+        enforce_limits,
+        seed: 7,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.create_stream("s", shards).await.unwrap();
+    sim
+}
+
+async fn client(sim: &SimHandle, timeout_ms: u64) -> SdkKinesis {
+    SdkKinesis::connect(ConnectOptions {
+        endpoint_url: Some(sim.endpoint().to_owned()),
+        region: Some("us-east-1".into()),
+        attempt_timeout: Duration::from_millis(timeout_ms),
+    })
+    .await
+}
+
+fn entries(from: usize, n: usize, size: usize) -> Vec<PutRecordsEntry> {
+    (from..from + n)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("k{i}"),
+            explicit_hash_key: None,
+            data: format!("{i:08}{}", "x".repeat(size.saturating_sub(8))).into(),
+        })
+        .collect()
+}
+
+async fn stored_data(sim: &SimHandle) -> Vec<String> {
+    common::read_all(sim.client(), "s")
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.data.to_vec()).unwrap()[..8].to_owned())
+        .collect()
+}
+
+const S: &str = "s";
+fn stream() -> StreamId {
+    StreamId::Name(S.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_takes_about_1000_records_a_second_and_throttles_the_rest() {
+    let sim = sim(true, 1).await;
+    let c = client(&sim, 5_000).await;
+    let (mut ok, mut throttled) = (0, 0);
+    for call in 0..6 {
+        for r in c
+            .put_records(&stream(), entries(call * 500, 500, 20))
+            .await
+            .unwrap()
+        {
+            match r {
+                PutRecordsResultEntry::Stored { .. } => ok += 1,
+                PutRecordsResultEntry::Failed { code, .. } => {
+                    assert_eq!(code, "ProvisionedThroughputExceededException");
+                    throttled += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        (900..=1_200).contains(&ok),
+        "stored {ok} of 3000 within a burst"
+    );
+    assert_eq!(ok + throttled, 3_000);
+    assert_eq!(stored_data(&sim).await.len(), ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_entries_are_really_not_stored() {
+    let sim = sim(false, 2).await;
+    sim.set_faults(Faults {
+        entry_failures: vec![
+            EntryFault {
+                code: "InternalFailure".into(),
+                probability: 0.2,
+            },
+            EntryFault {
+                code: "KMSThrottlingException".into(),
+                probability: 0.1,
+            },
+        ],
+        ..Default::default()
+    });
+    let c = client(&sim, 5_000).await;
+    let sent = entries(0, 500, 50);
+    let results = c.put_records(&stream(), sent.clone()).await.unwrap();
+    let mut expect_stored = Vec::new();
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for (e, r) in sent.iter().zip(&results) {
+        match r {
+            PutRecordsResultEntry::Stored { .. } => {
+                expect_stored.push(String::from_utf8(e.data[..8].to_vec()).unwrap())
+            }
+            PutRecordsResultEntry::Failed { code, .. } => {
+                *codes.entry(code.clone()).or_default() += 1
+            }
+        }
+    }
+    assert!(
+        codes["InternalFailure"] > 50 && codes["KMSThrottlingException"] > 20,
+        "{codes:?}"
+    );
+    let mut stored = stored_data(&sim).await;
+    stored.sort();
+    expect_stored.sort();
+    assert_eq!(
+        stored, expect_stored,
+        "exactly the entries reported stored are in the stream"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.entries_seen, 500);
+    assert_eq!(stats.entries_forwarded as usize, expect_stored.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_and_5xx_request_errors_reach_the_client_with_their_codes() {
+    let sim = sim(false, 1).await;
+    let c = client(&sim, 5_000).await;
+    for (code, status) in [
+        ("AccessDeniedException", 400),
+        ("ResourceNotFoundException", 400),
+        ("KMSAccessDeniedException", 400),
+        ("InternalFailure", 500),
+        ("ServiceUnavailable", 503),
+    ] {
+        sim.set_faults(Faults {
+            request_errors: vec![RequestFault {
+                code: code.into(),
+                status,
+                probability: 1.0,
+            }],
+            ..Default::default()
+        });
+        let err = c
+            .put_records(&stream(), entries(0, 3, 10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code.as_deref(), Some(code), "{err:?}");
+        assert_eq!(err.status, Some(status));
+        assert_eq!(err.is_retryable(), status >= 500, "{code}");
+    }
+    sim.set_faults(Faults::default());
+    assert!(
+        stored_data(&sim).await.is_empty(),
+        "nothing stored by a failed request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_times_out_without_storing_and_a_lost_response_times_out_after_storing() {
+    let sim = sim(false, 1).await;
+    let c = client(&sim, 200).await;
+    sim.set_faults(Faults {
+        hang_probability: 1.0,
+        hang_ms: 600,
+        ..Default::default()
+    });
+    let err = c
+        .put_records(&stream(), entries(0, 5, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ApiErrorKind::Timeout, "{err:?}");
+    sim.set_faults(Faults {
+        lost_response_probability: 1.0,
+        hang_ms: 600,
+        ..Default::default()
+    });
+    let err = c
+        .put_records(&stream(), entries(100, 5, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ApiErrorKind::Timeout, "{err:?}");
+    sim.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut stored = stored_data(&sim).await;
+    stored.sort();
+    assert_eq!(
+        stored,
+        (100..105).map(|i| format!("{i:08}")).collect::<Vec<_>>()
+    );
+    let stats = sim.stats();
+    assert_eq!((stats.hangs, stats.lost_responses), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_added() {
+    let sim = sim(false, 1).await;
+    let c = client(&sim, 5_000).await;
+    sim.set_faults(Faults {
+        latency_ms: 300,
+        ..Default::default()
+    });
+    let start = std::time::Instant::now();
+    c.put_records(&stream(), entries(0, 1, 10)).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_the_down_period_break_connections() {
+    let sim = sim(false, 1).await;
+    let c = client(&sim, 2_000).await;
+    sim.set_faults(Faults {
+        down_from_ms: Some(0),
+        down_until_ms: Some(500),
+        ..Default::default()
+    });
+    let err = c
+        .put_records(&stream(), entries(0, 1, 10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, ApiErrorKind::Connection | ApiErrorKind::Other),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.put_records(&stream(), entries(1, 1, 10))
+        .await
+        .expect("up again");
+    sim.set_faults(Faults {
+        reset_probability: 1.0,
+        max_faults: Some(1),
+        ..Default::default()
+    });
+    // The pooled connection is closed after each answer; the next one is reset.
+    let first = c.put_records(&stream(), entries(2, 1, 10)).await;
+    let second = c.put_records(&stream(), entries(3, 1, 10)).await;
+    assert!(first.is_err() || second.is_err(), "{first:?} {second:?}");
+    assert!(sim.stats().dropped_connections >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_split_happens() {
+    let sim = sim(false, 2).await;
+    sim.set_faults(Faults {
+        stream: Some(S.into()),
+        reshard: Some(Reshard {
+            at_ms: 100,
+            kind: "split".into(),
+        }),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let open = sim
+        .client()
+        .list_all_shards(&stream())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.open)
+        .count();
+    assert_eq!(open, 3);
+    assert_eq!(sim.stats().reshards, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_endpoint_changes_faults_while_running() {
+    let sim = sim(false, 1).await;
+    let port = sim.endpoint().rsplit(':').next().unwrap().to_owned();
+    let body = r#"{"request_errors":[{"code":"InternalFailure","status":500,"probability":1.0}]}"#;
+    let status = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-d",
+            body,
+        ])
+        .arg(format!("http://127.0.0.1:{port}/_sim/faults"))
+        .output();
+    match status {
+        Ok(out) => assert_eq!(String::from_utf8_lossy(&out.stdout), "204"),
+        Err(_) => {
+            // No curl here: use the handle, as a test harness would.
+            sim.set_faults(serde_json::from_str(body).unwrap());
+        }
+    }
+    assert_eq!(sim.faults().request_errors.len(), 1);
+    let err = sim
+        .api()
+        .put_records(&stream(), entries(0, 1, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code.as_deref(), Some("InternalFailure"));
+    // And the SDK's own request builder reaches the store untouched otherwise.
+    sim.set_faults(Faults::default());
+    sim.client()
+        .client()
+        .put_records()
+        .stream_name(S)
+        .records(
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new("00000042"))
+                .partition_key("p")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored_data(&sim).await, vec!["00000042".to_string()]);
+}
