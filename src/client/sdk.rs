@@ -83,8 +83,15 @@ impl SdkKinesis {
     pub async fn connect(options: ConnectOptions) -> Self {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
-        if let Some(region) = options.region {
-            loader = loader.region(Region::new(region));
+        let local = options.endpoint_url.as_deref().is_some_and(is_loopback);
+        match options.region {
+            Some(region) => loader = loader.region(Region::new(region)),
+            // A local endpoint needs a region only for signing: never look one up (the lookup
+            // chain ends at the EC2 metadata service, which is no business of a local run).
+            None if local && std::env::var_os("AWS_REGION").is_none() => {
+                loader = loader.region(Region::new(FALLBACK_REGION));
+            }
+            None => {}
         }
         if let Some(endpoint) = options.endpoint_url {
             // A local emulator (kpl sim, kinesalite) checks signatures loosely: when no
