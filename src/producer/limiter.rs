@@ -2,11 +2,23 @@
 //! `rate_limit` % of the shard's write limits, so the producer sends what the shard can take
 //! instead of learning it from throttling.
 //!
-//! Buckets start full and hold one second of the configured rate (the burst); a Kinesis record
-//! larger than a bucket waits for a full bucket and goes alone. When the service still throttles
-//! a shard (a neighbour writes to it too, or the rate limit is above 100 %), the shard's rate is
-//! cut multiplicatively (x0.7, at most once per 100 ms so one throttled call counts once, never
-//! below 10 %) and grows back additively with each stored Kinesis record: AIMD, as TCP does.
+//! Buckets start full and hold 100 ms of the configured rate (the burst): Kinesis counts a
+//! shard's writes in one-second windows, so a large burst on top of a full rate overflows a
+//! window. A Kinesis record larger than a bucket waits for a full bucket and goes alone.
+//!
+//! A shard starts at 97 % of its real limit even when the configured rate is higher: an exact
+//! limiter gains nothing from starting above what the shard takes. The configured rate (the
+//! KPL's 150 % by default) is the ceiling it probes towards while nothing is throttled — room
+//! for a service that takes more than its published limit.
+//!
+//! When the service still throttles a shard (a neighbour writes to it too, or the rate limit is
+//! above 100 %, as the KPL's default 150 % is), the shard's rate is cut — at most once a second,
+//! so one overloaded window counts once — to 85 % of what it was, and never above 97 % of the
+//! shard's real limit (one cut from 150 % lands just under the limit instead of three) nor below
+//! 10 %. It grows back with time: quickly (10 % of the shard limit per second) up to 90 % of the
+//! rate that was throttled, then slowly (1 % per second) while it probes for more. AIMD, as TCP
+//! does: a single producer settles at 90-100 % of the shard, with a throttled window every ten
+//! seconds or so; several producers on one shard share it.
 
 use std::time::Duration;
 
@@ -17,15 +29,21 @@ use crate::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
 /// Default per-shard rate in percent of the shard limits (the KPL's `RateLimit`).
 pub const DEFAULT_RATE_LIMIT_PERCENT: u32 = 150;
 /// Default burst: how much of a second's rate a bucket holds.
-pub const DEFAULT_BURST_MS: u64 = 1_000;
+pub const DEFAULT_BURST_MS: u64 = 100;
 /// Rate multiplier applied on throttling.
-const DECREASE: f64 = 0.7;
-/// Lowest rate multiplier.
-const MIN_FACTOR: f64 = 0.1;
-/// Rate multiplier regained per stored Kinesis record.
-const INCREASE_PER_RECORD: f64 = 0.02;
-/// Throttles closer together than this count once.
-const DECREASE_INTERVAL: Duration = Duration::from_millis(100);
+const DECREASE: f64 = 0.85;
+/// After a throttle, the rate is at most this share of the shard's real limit.
+const AFTER_THROTTLE_MAX_SHARE: f64 = 0.97;
+/// Lowest rate, as a share of the shard's limit.
+const MIN_SHARE: f64 = 0.1;
+/// Share of the shard's limit regained per second, far below the last throttled rate...
+const FAST_INCREASE_PER_SEC: f64 = 0.10;
+/// ...and near it.
+const SLOW_INCREASE_PER_SEC: f64 = 0.01;
+/// Below this share of the last throttled rate, the increase is fast.
+const FAST_UNTIL: f64 = 0.9;
+/// Throttles closer together than this count once (the service's window).
+const DECREASE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Limiter settings, shared by every shard.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,8 +118,14 @@ impl Bucket {
 pub struct ShardLimiter {
     records: Bucket,
     bytes: Bucket,
+    /// Configured rate as a share of the shard's limit (1.5 for 150 %).
+    share: f64,
+    /// Multiplier of the configured rate in force.
     factor: f64,
+    /// The factor at the last throttle.
+    throttled_at: f64,
     last_decrease: Option<Instant>,
+    last_increase: Instant,
 }
 
 impl ShardLimiter {
@@ -112,8 +136,12 @@ impl ShardLimiter {
         ShardLimiter {
             records: Bucket::new(SHARD_WRITE_RECORDS_PER_SEC as f64 * share, burst, now),
             bytes: Bucket::new(SHARD_WRITE_BYTES_PER_SEC as f64 * share, burst, now),
-            factor: 1.0,
+            share,
+            factor: (AFTER_THROTTLE_MAX_SHARE / share).min(1.0),
+            // Already at the limit: probe above it slowly, as after a throttle.
+            throttled_at: (AFTER_THROTTLE_MAX_SHARE / share).min(1.0),
             last_decrease: None,
+            last_increase: now,
         }
     }
 
@@ -151,18 +179,33 @@ impl ShardLimiter {
         }
         self.records.refill(self.factor, now);
         self.bytes.refill(self.factor, now);
-        self.factor = (self.factor * DECREASE).max(MIN_FACTOR);
+        self.throttled_at = self.factor;
+        let cut = (self.factor * DECREASE).min(AFTER_THROTTLE_MAX_SHARE / self.share);
+        self.factor = cut.max(MIN_SHARE / self.share).min(1.0);
+        self.last_increase = now;
         self.records.tokens = self.records.tokens.min(self.records.capacity(self.factor));
         self.bytes.tokens = self.bytes.tokens.min(self.bytes.capacity(self.factor));
         self.last_decrease = Some(now);
     }
 
-    /// `records` Kinesis records were stored on this shard: speed back up.
-    pub fn on_success(&mut self, records: usize, now: Instant) {
-        if self.factor < 1.0 {
+    /// Kinesis records were stored on this shard: speed back up with the time since the last
+    /// change.
+    pub fn on_success(&mut self, _records: usize, now: Instant) {
+        // Growth needs a steady flow of successes: an idle shard does not earn a burst.
+        let elapsed = now
+            .saturating_duration_since(self.last_increase)
+            .as_secs_f64()
+            .min(1.0);
+        self.last_increase = self.last_increase.max(now);
+        if self.factor < 1.0 && elapsed > 0.0 {
             self.records.refill(self.factor, now);
             self.bytes.refill(self.factor, now);
-            self.factor = (self.factor + INCREASE_PER_RECORD * records as f64).min(1.0);
+            let per_sec = if self.factor < FAST_UNTIL * self.throttled_at {
+                FAST_INCREASE_PER_SEC
+            } else {
+                SLOW_INCREASE_PER_SEC
+            };
+            self.factor = (self.factor + per_sec / self.share * elapsed).min(1.0);
         }
     }
 
@@ -200,18 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn bytes_per_second_hold_at_100_percent() {
+    fn bytes_per_second_hold_just_under_the_limit() {
         let start = Instant::now();
-        let config = LimiterConfig {
-            rate_limit_percent: 100,
-            ..Default::default()
-        };
-        let mut l = ShardLimiter::new(&config, start);
-        // 4 KiB records: the byte limit binds (256 records/s), not the record limit.
+        let mut l = ShardLimiter::new(&LimiterConfig::default(), start);
+        // 4 KiB records: the byte limit binds (250 records/s), not the record limit.
         let (_, bytes) = drive(&mut l, 4096, start, 10);
-        // One second of burst, then 1 MiB/s.
-        let rate = (bytes as f64 - MIB) / 10.0;
-        assert!((rate - MIB).abs() / MIB < 0.02, "{rate}");
+        // 100 ms of burst, then 97 % of 1 MiB/s until successes let it probe higher.
+        let rate = (bytes as f64 - 0.097 * MIB) / 10.0;
+        assert!((rate / MIB - 0.97).abs() < 0.01, "{rate}");
     }
 
     #[test]
@@ -219,26 +258,63 @@ mod tests {
         let start = Instant::now();
         let mut l = ShardLimiter::new(&LimiterConfig::default(), start);
         let (records, bytes) = drive(&mut l, 10, start, 10);
-        // 150 %: 1 500 records/s plus a burst of 1 500.
-        assert!((16_400..=16_600).contains(&records), "{records}");
-        assert!((bytes as f64) < 1.5 * MIB * 11.0);
+        // 970 records/s plus a burst of 97.
+        assert!((9_780..=9_800).contains(&records), "{records}");
+        assert!((bytes as f64) < MIB);
     }
 
     #[test]
-    fn throttling_slows_the_shard_and_success_restores_it() {
+    fn successes_probe_up_to_the_ceiling_and_throttles_cut_under_the_limit() {
         let now = Instant::now();
         let mut l = ShardLimiter::new(&LimiterConfig::default(), now);
-        let (r0, b0) = l.rates();
-        l.on_throttled(now);
-        l.on_throttled(now + Duration::from_millis(10)); // same burst: counted once
-        let (r1, b1) = l.rates();
-        assert!((r1 / r0 - 0.7).abs() < 1e-9 && (b1 / b0 - 0.7).abs() < 1e-9);
-        for i in 0..100 {
-            l.on_throttled(now + Duration::from_secs(1 + i));
+        assert!((l.rates().0 - 970.0).abs() < 1e-6, "starts under the limit");
+        // An idle minute earns nothing; a minute of steady successes reaches the ceiling.
+        l.on_success(1, now + Duration::from_secs(60));
+        assert!((l.rates().0 - 980.0).abs() < 1e-6, "{:?}", l.rates());
+        for s in 61..=70 {
+            l.on_success(1, now + Duration::from_secs(s));
         }
-        assert!((l.rates().0 / r0 - 0.1).abs() < 1e-9, "floored at 10 %");
-        l.on_success(100, now + Duration::from_secs(200));
-        assert_eq!(l.rates(), (r0, b0));
+        // Above the limit it probes at 1 % of the shard per second.
+        assert!((l.rates().0 - 1080.0).abs() < 1e-6, "{:?}", l.rates());
+        for s in 71..=200 {
+            l.on_success(1, now + Duration::from_secs(s));
+        }
+        assert_eq!(l.rates(), (1500.0, 1.5 * MIB), "probed up to 150 %");
+        let t = now + Duration::from_secs(201);
+        l.on_throttled(t);
+        l.on_throttled(t + Duration::from_millis(500)); // same window: counted once
+        // 150 % is cut to 97 % of the shard at once, then x0.85 per throttled window.
+        assert!((l.rates().0 - 970.0).abs() < 1e-6, "{:?}", l.rates());
+        l.on_throttled(t + Duration::from_secs(1));
+        assert!((l.rates().0 - 970.0 * 0.85).abs() < 1e-6);
+        for i in 0..100 {
+            l.on_throttled(t + Duration::from_secs(2 + i));
+        }
+        assert!(
+            (l.rates().0 - 100.0).abs() < 1e-6,
+            "floored at 10 % of the shard"
+        );
+    }
+
+    #[test]
+    fn growth_is_fast_far_below_the_throttled_rate_and_slow_near_it() {
+        let now = Instant::now();
+        let config = LimiterConfig {
+            rate_limit_percent: 100,
+            ..Default::default()
+        };
+        let mut l = ShardLimiter::new(&config, now);
+        let share = |l: &ShardLimiter| l.rates().0 / 1000.0;
+        l.on_throttled(now);
+        assert!((share(&l) - 0.97 * 0.85).abs() < 1e-9);
+        // +10 %/s while under 90 % of the throttled 97 %...
+        l.on_success(1, now + Duration::from_millis(200));
+        assert!((share(&l) - (0.8245 + 0.02)).abs() < 1e-9, "{}", share(&l));
+        l.on_success(1, now + Duration::from_millis(700));
+        assert!((share(&l) - (0.8445 + 0.05)).abs() < 1e-9, "{}", share(&l));
+        // ...then +1 %/s.
+        l.on_success(1, now + Duration::from_millis(1_700));
+        assert!((share(&l) - (0.8945 + 0.01)).abs() < 1e-9, "{}", share(&l));
     }
 
     #[test]

@@ -190,15 +190,19 @@ impl FaultState {
             .collect()
     }
 
-    /// Whether a new connection is dropped at once.
-    pub fn drop_connection(&mut self) -> bool {
+    /// Whether the endpoint is in its down period now.
+    pub fn is_down(&self) -> bool {
         let elapsed = self.set_at.elapsed().as_millis() as u64;
-        let down = match (self.faults.down_from_ms, self.faults.down_until_ms) {
+        match (self.faults.down_from_ms, self.faults.down_until_ms) {
             (Some(from), until) => elapsed >= from && until.is_none_or(|u| elapsed < u),
             (None, Some(until)) => elapsed < until,
             (None, None) => false,
-        };
-        let drop = down || self.chance(self.faults.reset_probability);
+        }
+    }
+
+    /// Whether a new connection is dropped at once.
+    pub fn drop_connection(&mut self) -> bool {
+        let drop = self.is_down() || self.chance(self.faults.reset_probability);
         if drop {
             self.stats.dropped_connections += 1;
         }

@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::sim::faults::{Decision, FaultState, Faults, RequestFault};
 
-/// Largest request body the layer reads (PutRecords is at most 5 MiB; leave room for the
-/// service's own size check to answer).
+/// Largest request body read (PutRecords carries at most 5 MiB of data, base64 in JSON; a
+/// 10 MiB record on a large-record stream is ~14 MB): the store's own checks answer the rest.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 const JSON: &str = "application/x-amz-json-1.1";
 
@@ -39,7 +39,11 @@ pub(crate) fn router(kinesis: Router, shared: Arc<Shared>) -> Router {
         .route("/_sim/faults", get(get_faults).post(set_faults))
         .route("/_sim/stats", get(get_stats))
         .with_state(shared.clone());
-    let kinesis = kinesis.layer(axum::middleware::from_fn_with_state(shared, fault_layer));
+    // As a library, ferrokinesis keeps axum's 2 MiB body limit (its binary raises it): a legal
+    // PutRecords of 5 MiB is ~7 MB of JSON, and a 10 MiB record more. Allow what Kinesis does.
+    let kinesis = kinesis
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(shared, fault_layer));
     control.merge(kinesis)
 }
 
@@ -153,6 +157,16 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
             });
         }
         Decision::LoseResponse => {
+            let entries = parsed
+                .as_ref()
+                .and_then(|b| b.get("Records"))
+                .and_then(Value::as_array)
+                .map_or(1, Vec::len);
+            {
+                let mut s = shared.lock();
+                s.stats.entries_seen += entries as u64;
+                s.stats.entries_forwarded += entries as u64;
+            }
             let response = next.run(rebuild(bytes)).await;
             tokio::time::sleep(hang).await;
             return response;
@@ -247,8 +261,68 @@ pub(crate) struct FaultListener {
     pub shared: Arc<Shared>,
 }
 
+/// A connection that breaks while the endpoint is down: an outage kills live connections too,
+/// not only new ones (clients keep theirs alive).
+pub(crate) struct FaultStream {
+    inner: TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl FaultStream {
+    fn check(&self) -> std::io::Result<()> {
+        if self.shared.lock().is_down() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "kpl sim: endpoint down",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for FaultStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Err(e) = self.check() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FaultStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Err(e) = self.check() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl axum::serve::Listener for FaultListener {
-    type Io = TcpStream;
+    type Io = FaultStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -262,6 +336,10 @@ impl axum::serve::Listener for FaultListener {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    let stream = FaultStream {
+                        inner: stream,
+                        shared: self.shared.clone(),
+                    };
                     return (stream, addr);
                 }
                 Err(e) => {
