@@ -1,0 +1,284 @@
+//! The `kpl` binary as a user runs it: lines in with `kpl put`, the same lines out with
+//! `kpl cat`, against kinesalite and against `kpl sim`; bad input gives the documented outcome
+//! and exit code.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kpl_binary;
+
+fn kpl(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(kpl_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn multiset(data: &[u8]) -> HashMap<Vec<u8>, usize> {
+    let mut m = HashMap::new();
+    for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        *m.entry(line.to_vec()).or_default() += 1;
+    }
+    m
+}
+
+fn json_lines(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        writeln!(
+            out,
+            "{{\"user\":\"user-{}\",\"n\":{i},\"msg\":\"GET /api/items/{} 200\"}}",
+            i % 700,
+            i % 97
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// `kpl put` then `kpl cat` on a fresh stream: the same multiset of lines.
+fn round_trip(endpoint: &str, stream: &str, input: &[u8], extra: &[&str]) -> String {
+    let mut args = vec!["put", "--stream", stream, "--endpoint-url", endpoint];
+    args.extend_from_slice(extra);
+    let put = kpl(&args, input);
+    assert!(put.status.success(), "put failed: {}", stderr(&put));
+    let cat = kpl(
+        &["cat", "--stream", stream, "--endpoint-url", endpoint],
+        b"",
+    );
+    assert!(cat.status.success(), "cat failed: {}", stderr(&cat));
+    assert_eq!(
+        multiset(&cat.stdout),
+        multiset(input),
+        "same lines out as in"
+    );
+    assert!(
+        stderr(&cat).contains("0 outside their shard's range"),
+        "{}",
+        stderr(&cat)
+    );
+    stderr(&put)
+}
+
+async fn kinesalite_with_stream(name: &str, shards: i32) -> common::Server {
+    let server = common::kinesalite();
+    common::sdk(&server.endpoint)
+        .await
+        .create_stream(name, shards)
+        .await
+        .unwrap();
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_lines_round_trip_through_kinesalite() {
+    let server = kinesalite_with_stream("lines", 4).await;
+    let input = json_lines(100_000);
+    let summary = round_trip(&server.endpoint, "lines", &input, &[]);
+    assert!(summary.contains("100000 user records"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_and_json_keys_round_trip_through_kinesalite() {
+    let server = kinesalite_with_stream("z", 4).await;
+    let input = json_lines(30_000);
+    round_trip(
+        &server.endpoint,
+        "z",
+        &input,
+        &["--compression", "zstd:3", "--partition-key", "json:user"],
+    );
+    // Records of one user share a key, so they share a shard.
+    let cat = kpl(
+        &[
+            "cat",
+            "--stream",
+            "z",
+            "--endpoint-url",
+            &server.endpoint,
+            "--format",
+            "json",
+        ],
+        b"",
+    );
+    let mut shard_of_key: HashMap<String, String> = HashMap::new();
+    for line in String::from_utf8(cat.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = v["partition_key"].as_str().unwrap().to_owned();
+        let shard = v["shard_id"].as_str().unwrap().to_owned();
+        assert!(key.starts_with("user-"));
+        assert_eq!(
+            shard_of_key.entry(key).or_insert_with(|| shard.clone()),
+            &shard
+        );
+    }
+    assert_eq!(shard_of_key.len(), 700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_round_trip_through_kpl_sim_with_shard_limits() {
+    let port = common::free_port().to_string();
+    let mut sim: Child = Command::new(kpl_binary())
+        .args(["sim", "--port", &port, "--stream", "s:2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The endpoint is printed once the stream exists.
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = sim.stdout.take().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+    }
+    let endpoint = first.trim().to_owned();
+    assert_eq!(endpoint, format!("http://127.0.0.1:{port}"));
+    let input = json_lines(100_000);
+    round_trip(&endpoint, "s", &input, &["--partition-key", "json:user"]);
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_lines_and_crlf_are_data() {
+    let server = kinesalite_with_stream("b", 2).await;
+    let mut input = Vec::new();
+    for i in 0..1000u32 {
+        input.extend_from_slice(&[0xFF, 0xFE, (i % 251) as u8, b'\t', 0x00]);
+        input.extend_from_slice(format!("{i}").as_bytes());
+        input.extend_from_slice(if i % 2 == 0 { b"\r\n" } else { b"\n" });
+    }
+    input.extend_from_slice(b"\n\n"); // empty lines: skipped and counted
+    let put = kpl(
+        &["put", "--stream", "b", "--endpoint-url", &server.endpoint],
+        &input,
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(
+        stderr(&put).contains("2 empty lines skipped"),
+        "{}",
+        stderr(&put)
+    );
+    let cat = kpl(
+        &["cat", "--stream", "b", "--endpoint-url", &server.endpoint],
+        b"",
+    );
+    let expected: Vec<u8> = input
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .flat_map(|l| {
+            l.strip_suffix(b"\r")
+                .unwrap_or(l)
+                .iter()
+                .copied()
+                .chain([b'\n'])
+        })
+        .collect();
+    assert_eq!(multiset(&cat.stdout), multiset(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_keyless_lines_fail_with_exit_1_and_are_reported() {
+    let server = kinesalite_with_stream("bad", 1).await;
+    let dir = std::env::temp_dir().join(format!("kpl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let failed = dir.join("failed.txt");
+    let summary = dir.join("summary.json");
+    let big = "x".repeat(1024 * 1024 + 10);
+    let input = format!(
+        "{{\"user\":\"a\",\"n\":1}}\nnot json\n{{\"n\":2}}\n{{\"user\":\"b\",\"pad\":\"{big}\"}}\n{{\"user\":\"c\"}}\n"
+    );
+    let out = kpl(
+        &[
+            "put",
+            "--stream",
+            "bad",
+            "--endpoint-url",
+            &server.endpoint,
+            "--partition-key",
+            "json:user",
+            "--failed",
+            failed.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("not a JSON line"), "{err}");
+    assert!(err.contains("no field \"user\""), "{err}");
+    assert!(err.contains("over the stream's limit"), "{err}");
+    let failed_lines = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(failed_lines.lines().count(), 3);
+    assert!(failed_lines.contains("not json"));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["user_records_put"], 2);
+    assert_eq!(s["failed_records"], 3);
+    let cat = kpl(
+        &["cat", "--stream", "bad", "--endpoint-url", &server.endpoint],
+        b"",
+    );
+    assert_eq!(multiset(&cat.stdout).len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_or_a_dead_endpoint_ends_fast_with_exit_2() {
+    let server = common::kinesalite();
+    let start = Instant::now();
+    let out = kpl(
+        &[
+            "put",
+            "--stream",
+            "nope",
+            "--endpoint-url",
+            &server.endpoint,
+        ],
+        b"a\nb\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ResourceNotFoundException"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("Check the stream name"),
+        "{}",
+        stderr(&out)
+    );
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let out = kpl(&["put", "--stream", "s", "--endpoint-url", &dead], b"a\n");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("could not reach"), "{}", stderr(&out));
+    let out = kpl(&["put", "--stream", "s", "--rate-limit", "0"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rate_limit_percent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
