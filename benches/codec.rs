@@ -1,1 +1,145 @@
-fn main() {}
+//! Codec throughput: encoding user records into KPL aggregates (with the partition-key MD5,
+//! hashed per record or through a key cache as the pipeline does), with and without zstd, and
+//! decoding them back. 100-byte records, 1000 distinct keys.
+
+use std::collections::HashMap;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kpl::codec::aggregate::{AggregateBuilder, AggregateLimits, KinesisRecord};
+use kpl::codec::deaggregate::Deaggregator;
+use kpl::codec::frame::Compressor;
+use kpl::{HashKey, UserRecord};
+
+const N: usize = 100_000;
+
+fn records(json: bool) -> Vec<UserRecord> {
+    (0..N)
+        .map(|i| {
+            let key = format!("partition-key-{:04}", i % 1000);
+            let data = if json {
+                let s = format!(
+                    "{{\"ts\":{},\"level\":\"info\",\"user\":\"u{}\",\"path\":\"/api/v1/items/{}\"}}",
+                    1_700_000_000 + i,
+                    i % 1000,
+                    i % 97
+                );
+                format!("{s:<100}").into_bytes()
+            } else {
+                vec![b'x'; 100]
+            };
+            UserRecord::new(key, data)
+        })
+        .collect()
+}
+
+fn limits() -> AggregateLimits {
+    AggregateLimits {
+        max_bytes: 51_200,
+        max_count: usize::MAX,
+    }
+}
+
+fn encode(
+    records: &[UserRecord],
+    mut hash: impl FnMut(&UserRecord) -> HashKey,
+) -> Vec<KinesisRecord> {
+    let mut b = AggregateBuilder::new(limits());
+    let mut out = Vec::new();
+    for r in records {
+        let h = hash(r);
+        if b.try_push(r, h).is_err() {
+            out.push(b.finish().unwrap());
+            b.try_push(r, h).unwrap();
+        }
+    }
+    out.extend(b.finish());
+    out
+}
+
+fn codec(c: &mut Criterion) {
+    let plain = records(false);
+    let json = records(true);
+    let bytes: u64 = plain.iter().map(|r| r.billed_bytes() as u64).sum();
+
+    let mut g = c.benchmark_group("encode_100B_1000keys");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("md5_per_record", |b| {
+        b.iter(|| encode(&plain, |r| HashKey::of_partition_key(&r.partition_key)))
+    });
+    g.bench_function("md5_key_cache", |b| {
+        b.iter(|| {
+            let mut cache: HashMap<String, HashKey> = HashMap::new();
+            let hashes: Vec<HashKey> = plain
+                .iter()
+                .map(|r| {
+                    *cache
+                        .entry(r.partition_key.clone())
+                        .or_insert_with(|| HashKey::of_partition_key(&r.partition_key))
+                })
+                .collect();
+            let mut i = 0;
+            encode(&plain, |_| {
+                i += 1;
+                hashes[i - 1]
+            })
+        })
+    });
+    for level in [1, 3] {
+        g.bench_with_input(BenchmarkId::new("json_zstd", level), &level, |b, &level| {
+            let mut z = Compressor::zstd(level).unwrap();
+            b.iter(|| {
+                encode(&json, |r| HashKey::of_partition_key(&r.partition_key))
+                    .into_iter()
+                    .map(|k| z.compress(k))
+                    .collect::<Vec<_>>()
+            })
+        });
+    }
+    g.finish();
+
+    let aggregates = encode(&plain, |r| r.hash_key());
+    let mut z = Compressor::zstd(1).unwrap();
+    let compressed: Vec<_> = encode(&json, |r| r.hash_key())
+        .into_iter()
+        .map(|k| z.compress(k))
+        .collect();
+    let d = Deaggregator::new();
+    let mut g = c.benchmark_group("decode_100B_1000keys");
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("kpl", |b| {
+        b.iter(|| {
+            aggregates
+                .iter()
+                .map(|k| {
+                    d.deaggregate(&k.data, &k.partition_key, None)
+                        .unwrap()
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("kpl_zstd1_json", |b| {
+        b.iter(|| {
+            compressed
+                .iter()
+                .map(|k| {
+                    d.deaggregate(&k.data, &k.partition_key, None)
+                        .unwrap()
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+
+    let ratio = json.iter().map(|r| r.data.len()).sum::<usize>() as f64
+        / compressed.iter().map(|k| k.data.len()).sum::<usize>() as f64;
+    eprintln!("zstd level 1 on 100-byte JSON lines in 50 KiB aggregates: ratio {ratio:.2}x");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = codec
+}
+criterion_main!(benches);

@@ -71,9 +71,13 @@ pub struct ProducerConfig {
     pub record_ttl: Duration,
     /// Timeout of one PutRecords attempt. Default 6 s.
     pub request_timeout: Duration,
-    /// Per-shard rate, in percent of the shard's 1000 records/s and 1 MiB/s. Default 150: a
-    /// little over the limit keeps shards full while throttling slows the limiter down.
+    /// Per-shard rate ceiling, in percent of the shard's 1000 records/s and 1 MiB/s. Default 150
+    /// (the KPL's). Each shard starts just under its real limit and probes up to this ceiling
+    /// while nothing is throttled (see the limiter).
     pub rate_limit_percent: u32,
+    /// Pace each shard with the limiter. Default on; turn it off only against something that
+    /// enforces no shard limits (a benchmark fake), or to measure raw throttling behaviour.
+    pub rate_limit_enabled: bool,
     /// Most attempts per record, the first one included. Default 20.
     pub max_attempts: u32,
     /// Delay between attempts: full-jitter exponential from `base` up to `cap`.
@@ -103,6 +107,7 @@ impl Default for ProducerConfig {
             record_ttl: Duration::from_millis(DEFAULT_RECORD_TTL_MS),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             rate_limit_percent: DEFAULT_RATE_LIMIT_PERCENT,
+            rate_limit_enabled: true,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: BackoffConfig::default(),
             max_outstanding_records: DEFAULT_MAX_OUTSTANDING_RECORDS,

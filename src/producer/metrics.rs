@@ -57,6 +57,17 @@ pub struct MetricsSnapshot {
     pub user_records_per_kinesis_record: f64,
     /// KinesisRecordsPerPutRecordsRequest: mean call size.
     pub kinesis_records_per_put_records_request: f64,
+    /// Kinesis records and their bytes (partition key + data) stored, per shard.
+    pub shards: BTreeMap<String, ShardCounters>,
+}
+
+/// What one shard stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    /// Kinesis records stored on the shard.
+    pub kinesis_records: u64,
+    /// Their bytes, as the shard's limit counts them.
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +113,7 @@ pub struct Metrics {
     stream: String,
     c: Counters,
     errors: Mutex<BTreeMap<String, u64>>,
+    shards: Mutex<BTreeMap<String, ShardCounters>>,
     facade: Facade,
 }
 
@@ -129,6 +141,7 @@ impl Metrics {
             stream: s,
             c: Counters::default(),
             errors: Mutex::new(BTreeMap::new()),
+            shards: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -149,6 +162,17 @@ impl Metrics {
         self.facade.put_bytes.increment(user_bytes);
         self.facade.kinesis_put.increment(kinesis);
         self.facade.user_per_kinesis.record(user_records as f64);
+    }
+
+    /// A Kinesis record of `bytes` was stored on `shard`.
+    pub fn shard_put(&self, shard: &str, bytes: u64) {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let c = match shards.get_mut(shard) {
+            Some(c) => c,
+            None => shards.entry(shard.to_owned()).or_default(),
+        };
+        c.kinesis_records += 1;
+        c.bytes += bytes;
     }
 
     /// A PutRecords call of `entries` entries started.
@@ -254,6 +278,11 @@ impl Metrics {
                 get(&self.c.entries),
                 get(&self.c.calls),
             ),
+            shards: self
+                .shards
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

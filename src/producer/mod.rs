@@ -73,7 +73,7 @@ pub mod shard_map;
 
 pub use config::{Compression, ConfigError, ProducerConfig};
 pub use error::{FailureReason, ProducerError, RecordFailure, SendError, SendErrorReason};
-pub use metrics::MetricsSnapshot;
+pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, Receipt, RecordFuture, RecordResult};
 
 /// A handle to a running producer. Cheap to clone; all clones feed the same pipeline.

@@ -353,7 +353,7 @@ impl Pipeline {
             if !self.collector.fits(bytes) {
                 return Admit::CollectorFull;
             }
-            if !shard.limiter.try_take(bytes, now) {
+            if self.config.rate_limit_enabled && !shard.limiter.try_take(bytes, now) {
                 return Admit::Limited(shard.limiter.ready_at(bytes, now));
             }
             let record = shard.queue.pop_front().expect("front exists");
@@ -661,12 +661,10 @@ impl Pipeline {
             // The caller may have dropped the future: the record is stored all the same.
             let _ = user.reply.send(Ok(receipt));
         }
-        self.metrics.record_put(
-            user_records,
-            user_bytes,
-            1,
-            record.entry.billed_bytes() as u64,
-        );
+        let kinesis_bytes = record.entry.billed_bytes() as u64;
+        self.metrics
+            .record_put(user_records, user_bytes, 1, kinesis_bytes);
+        self.metrics.shard_put(&shard_id, kinesis_bytes);
     }
 
     fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {

@@ -60,6 +60,9 @@ pub struct ProducerArgs {
     /// Per-shard rate in percent of 1000 records/s and 1 MiB/s.
     #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_RATE_LIMIT_PERCENT)]
     pub rate_limit: u32,
+    /// Do not pace shards (only against an endpoint without shard limits).
+    #[arg(long)]
+    pub no_rate_limit: bool,
     /// Attempts per record, the first included.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
@@ -89,6 +92,7 @@ impl ProducerArgs {
             compression: self.compression,
             record_max_buffered_time: self.max_buffered_time,
             rate_limit_percent: self.rate_limit,
+            rate_limit_enabled: !self.no_rate_limit,
             max_attempts: self.max_attempts,
             record_ttl: self.record_ttl,
             request_timeout: self.request_timeout,

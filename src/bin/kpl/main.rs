@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cat;
 mod common;
 mod decode;
@@ -32,6 +33,8 @@ enum Command {
     Decode(decode::Args),
     /// Run a local Kinesis with shard limits and injectable faults.
     Sim(sim::Args),
+    /// Measure shard throughput, throttling, latency and CPU under a synthetic load.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Cat(args) => cat::run(args).await,
             Command::Decode(args) => decode::run(args),
             Command::Sim(args) => sim::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {
