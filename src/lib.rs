@@ -1,7 +1,31 @@
 //! kpl puts data into Amazon Kinesis Data Streams as fast as the shards allow, without losing
-//! a record, and reads back what it wrote.
+//! a record, and reads back what it wrote: the Kinesis Producer Library rebuilt in-process.
 //!
-//! (The full crate essay with the pipeline diagram lives in `producer`.)
+//! ```text
+//! UserRecord ─► Producer::send ─► [record ─► shard_map ─► aggregator ─► limiter ─► collector
+//!                                   ─► sender ─► retrier] ─► RecordFuture: Receipt | RecordFailure
+//! Kinesis record ─► codec::deaggregate::Deaggregator ─► user records (plain, KPL, zstd)
+//! ```
+//!
+//! - [`producer`]: the pipeline, one stage per file; start with [`producer::Producer`].
+//! - [`codec`]: the KPL aggregate format, kpl's compressed frame, and the deaggregator.
+//! - [`client`]: the narrow [`client::KinesisApi`] seam, over the AWS SDK
+//!   ([`client::sdk::SdkKinesis`]) and in memory with scripted faults
+//!   ([`client::memory::MemoryKinesis`]).
+//! - [`reader`]: reads a stream back, parents before children.
+//! - `sim` (feature `sim`): a local Kinesis with shard limits and a fault layer.
+//! - [`limits`], [`hash`], [`record`]: Kinesis's limits, hash keys, validated user records.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use kpl::producer::{Producer, ProducerConfig};
+//! let sdk = aws_config::load_from_env().await;
+//! let producer = Producer::from_sdk_config(&sdk, "my-stream", ProducerConfig::default()).await?;
+//! let receipt = producer.send(kpl::UserRecord::new("key", "data")).await?.await?;
+//! println!("{} {}", receipt.shard_id, receipt.sequence_number);
+//! producer.shutdown().await;
+//! # Ok(()) }
+//! ```
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -11,6 +35,7 @@
 
 pub mod client;
 pub mod codec;
+mod fxhash;
 pub mod hash;
 pub mod limits;
 pub mod producer;

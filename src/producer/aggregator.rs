@@ -8,7 +8,7 @@
 //! ([`Grouping::ByHashKey`]), which no reshard can separate. Aggregates still built under an
 //! older map are checked again before they are sent (see the pipeline).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::client::PutRecordsEntry;
 use crate::codec::aggregate::{AggregateBuilder, AggregateLimits};
 use crate::codec::frame::Compressor;
+use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
 use crate::producer::record::{CallAttempt, PendingRecord};
 use crate::producer::shard_map::ShardMap;
@@ -83,7 +84,7 @@ pub(crate) struct Aggregator {
     limits: AggregateLimits,
     max_buffered_time: Duration,
     compressor: Option<Compressor>,
-    open: HashMap<Key, Open>,
+    open: FxHashMap<Key, Open>,
     deadlines: BTreeSet<(Instant, Key)>,
     map_version: u64,
     spare: Vec<AggregateBuilder>,
@@ -100,7 +101,7 @@ impl Aggregator {
             limits,
             max_buffered_time,
             compressor,
-            open: HashMap::new(),
+            open: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             map_version: 0,
             spare: Vec::new(),

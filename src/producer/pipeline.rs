@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
+use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
 use crate::producer::backoff::Backoff;
@@ -68,7 +69,7 @@ pub(crate) struct Pipeline {
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
     map_tx: mpsc::UnboundedSender<ShardMap>,
-    hash_cache: HashMap<String, HashKey>,
+    hash_cache: FxHashMap<String, HashKey>,
 
     aggregator: Aggregator,
     shards: HashMap<Arc<str>, ShardQueue>,
@@ -134,7 +135,7 @@ impl Pipeline {
             grouping: Grouping::ByShard,
             refresh: None,
             map_tx,
-            hash_cache: HashMap::new(),
+            hash_cache: FxHashMap::default(),
             aggregator,
             shards: HashMap::new(),
             waiting: VecDeque::new(),

@@ -49,7 +49,7 @@ pub struct Args {
     keys: usize,
     /// Key popularity: uniform, or zipf:S (hot keys make hot shards).
     #[arg(long, default_value = "uniform", value_parser = parse_dist)]
-    key_dist: Option<f64>,
+    key_dist: KeyDist,
     /// random (incompressible) or json-logs (log-like JSON lines).
     #[arg(long, default_value = "random", value_parser = ["random", "json-logs"])]
     payload: String,
@@ -92,14 +92,18 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
-fn parse_dist(s: &str) -> Result<Option<f64>, String> {
+/// Key popularity: `None` is uniform, `Some(s)` is Zipf with exponent `s`.
+#[derive(Clone, Copy, Debug)]
+struct KeyDist(Option<f64>);
+
+fn parse_dist(s: &str) -> Result<KeyDist, String> {
     match s.split_once(':') {
-        None if s == "uniform" => Ok(None),
+        None if s == "uniform" => Ok(KeyDist(None)),
         Some(("zipf", e)) => e
             .parse::<f64>()
             .ok()
             .filter(|e| *e > 0.0)
-            .map(Some)
+            .map(|e| KeyDist(Some(e)))
             .ok_or_else(|| format!("zipf exponent {e:?} must be a positive number")),
         _ => Err(format!("{s:?}: use uniform or zipf:S")),
     }
@@ -117,7 +121,7 @@ struct Load {
 
 impl Load {
     fn new(args: &Args) -> Self {
-        let zipf_cdf = args.key_dist.map(|s| {
+        let zipf_cdf = args.key_dist.0.map(|s| {
             let mut acc = 0.0;
             let mut cdf: Vec<f64> = (1..=args.keys)
                 .map(|k| {
@@ -287,6 +291,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.record_size.1,
         args.keys,
         args.key_dist
+            .0
             .map_or("uniform".to_owned(), |s| format!("zipf {s}")),
         args.payload,
         args.rate.map_or("closed loop".to_owned(), |r| format!(
@@ -370,26 +375,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut load = Load::new(&args);
     let mut offered = 0u64;
-    'load: while Instant::now() < deadline {
-        if let Some(rate) = args.rate {
-            let due = start + Duration::from_secs_f64(offered as f64 / rate);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-        }
-        for _ in 0..64 {
-            let record = load.next();
-            let sent = Instant::now();
-            match producer.send(record).await {
-                Ok(future) => {
-                    offered += 1;
-                    if tx.send((sent, future)).await.is_err() {
-                        break 'load;
-                    }
+    // Offer load until the deadline, exactly: a send waiting for buffer room is abandoned then.
+    let offer = async {
+        loop {
+            if let Some(rate) = args.rate {
+                let due = start + Duration::from_secs_f64(offered as f64 / rate);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
                 }
-                Err(e) => anyhow::bail!("the producer refused a record: {e}"),
+            }
+            for _ in 0..64 {
+                let record = load.next();
+                let sent = Instant::now();
+                match producer.send(record).await {
+                    Ok(future) => {
+                        offered += 1;
+                        if tx.send((sent, future)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => anyhow::bail!("the producer refused a record: {e}"),
+                }
             }
         }
+    };
+    if let Ok(result) = tokio::time::timeout_at(deadline, offer).await {
+        result?;
     }
     let at_deadline = producer.metrics();
     producer.flush().await;
@@ -421,7 +432,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, plot(&samples, &end, shards, args.duration))
+        std::fs::write(path, plot(&samples, &at_deadline, shards, args.duration))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(sim) = sim {
@@ -452,7 +463,7 @@ fn build_report(
     let secs = args.duration.as_secs_f64();
     let capacity_bytes = shards as f64 * SHARD_WRITE_BYTES_PER_SEC as f64 * secs;
     let capacity_records = shards as f64 * SHARD_WRITE_RECORDS_PER_SEC as f64 * secs;
-    let hottest = end
+    let hottest = at_deadline
         .shards
         .iter()
         .map(|(id, c)| {
@@ -481,7 +492,7 @@ fn build_report(
         "load": {
             "record_size": [args.record_size.0, args.record_size.1],
             "keys": args.keys,
-            "key_dist": args.key_dist.map_or("uniform".to_owned(), |s| format!("zipf:{s}")),
+            "key_dist": args.key_dist.0.map_or("uniform".to_owned(), |s| format!("zipf:{s}")),
             "payload": args.payload,
             "rate": args.rate,
             "user_records_offered": offered,
@@ -515,7 +526,7 @@ fn build_report(
         "cpu_seconds_per_million_user_records": cpu / (end.user_records_put.max(1) as f64 / 1e6),
         "cpu_includes_embedded_simulator": embedded,
         "peak_rss_mib": peak_rss_mib(),
-        "shards_detail": end.shards.iter().map(|(id, c)| json!({
+        "shards_detail": at_deadline.shards.iter().map(|(id, c)| json!({
             "shard_id": id,
             "kinesis_records": c.kinesis_records,
             "bytes": c.bytes,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md: criterion benches (codec, pipeline) and kpl bench runs against the
+# embedded simulator with shard limits, all in one run on this machine.
+# KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${KPL_BENCH_SECONDS:-20}
+out=target/bench-results
+mkdir -p "$out"
+cargo build --release --quiet
+cargo bench --bench codec 2>&1 | tee "$out/codec.txt" >/dev/null
+cargo bench --bench pipeline 2>&1 | tee "$out/pipeline.txt" >/dev/null
+kpl=target/release/kpl
+run() { name=$1; shift; "$kpl" bench --quiet --duration "${secs}s" --report "$out/$name.json" "$@" 2>"$out/$name.txt"; }
+run p2-1 --shards 1
+run p2-8 --shards 8
+run p2-64 --shards 64
+run p4-zstd --shards 4 --payload json-logs --record-size 200-300 --compression zstd
+run p4-plain --shards 4 --payload json-logs --record-size 200-300
+run p5-half --shards 4 --rate 20000 --record-size 100
+run p5-overload --shards 2 --record-size 1000 --max-outstanding-bytes 33554432
+python3 scripts/benchmarks_md.py "$out" "$secs" > BENCHMARKS.md
+echo "BENCHMARKS.md written"
