@@ -12,21 +12,9 @@ use std::time::{Duration, Instant};
 use common::kpl_binary;
 
 fn kpl(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(kpl_binary())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    let mut cmd = Command::new(kpl_binary());
+    cmd.args(args);
+    common::run_with_stdin(cmd, stdin)
 }
 
 fn stderr(out: &Output) -> String {

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -24,19 +23,10 @@ fn python(script: &str, args: &[&str], input: &str) -> Vec<Value> {
         python.exists(),
         "the reference codec is not installed: run scripts/setup-python.sh (scripts/test.sh does)"
     );
-    let mut child = Command::new(python)
-        .arg(common::repo().join("tests/interop").join(script))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg(common::repo().join("tests/interop").join(script))
+        .args(args);
+    let out = common::run_with_stdin(cmd, input.as_bytes());
     assert!(
         out.status.success(),
         "{script} failed: {}",

@@ -149,6 +149,23 @@ pub trait KinesisApi: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<StreamSummary, ApiError>>;
 }
 
+/// Every shard of `stream`, open and closed: all ListShards pages.
+pub async fn list_all_shards(
+    api: &dyn KinesisApi,
+    stream: &StreamId,
+) -> Result<Vec<ShardInfo>, ApiError> {
+    let mut shards = Vec::new();
+    let mut token = None;
+    loop {
+        let page = api.list_shards(stream, token).await?;
+        shards.extend(page.shards);
+        match page.next_token {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return Ok(shards),
+        }
+    }
+}
+
 /// How a call failed, as far as the pipeline's retry decision is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -118,16 +118,7 @@ impl SdkKinesis {
 
     /// Every shard of the stream, open and closed (all ListShards pages).
     pub async fn list_all_shards(&self, stream: &StreamId) -> Result<Vec<ShardInfo>, ApiError> {
-        let mut shards = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self.list_shards(stream, token).await?;
-            shards.extend(page.shards);
-            match page.next_token {
-                Some(t) => token = Some(t),
-                None => return Ok(shards),
-            }
-        }
+        crate::client::list_all_shards(self, stream).await
     }
 
     /// Creates a stream of `shards` shards and waits until it is ACTIVE.

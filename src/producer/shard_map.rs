@@ -103,16 +103,7 @@ impl ShardMap {
         stream: &StreamId,
         version: u64,
     ) -> Result<ShardMap, ShardMapError> {
-        let mut all = Vec::new();
-        let mut token = None;
-        loop {
-            let page = api.list_shards(stream, token).await?;
-            all.extend(page.shards);
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
-            }
-        }
+        let all = crate::client::list_all_shards(api, stream).await?;
         ShardMap::new(&all, version)
     }
 

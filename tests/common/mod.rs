@@ -191,6 +191,26 @@ pub async fn read_all(api: &SdkKinesis, stream: &str) -> Vec<ReadBack> {
     out
 }
 
+/// Runs `cmd` with `stdin` written to it from another thread (so a large input cannot
+/// deadlock against a full stdout pipe) and returns its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A child that exits early closes its stdin: not an error here.
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer thread");
+    out
+}
+
 pub fn kpl_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kpl"))
 }
