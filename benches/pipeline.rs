@@ -20,6 +20,17 @@ fn records(n: usize) -> Vec<UserRecord> {
 }
 
 fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64) -> Duration {
+    run_with(rt, config, iters, false)
+}
+
+/// `await_receipts`: keep every record's future and await it after the flush, so each receipt
+/// is built and delivered; otherwise drop them at once (fire and forget).
+fn run_with(
+    rt: &tokio::runtime::Runtime,
+    config: &ProducerConfig,
+    iters: u64,
+    await_receipts: bool,
+) -> Duration {
     rt.block_on(async {
         let api: Arc<dyn KinesisApi> = Arc::new(MemoryKinesis::new(64).discard_data());
         let producer = Producer::new(api, "bench", config.clone()).await.unwrap();
@@ -27,11 +38,17 @@ fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64) -> Dur
         for _ in 0..iters {
             let batch = records(RECORDS);
             let start = Instant::now();
+            let mut futures = Vec::with_capacity(if await_receipts { RECORDS } else { 0 });
             for r in batch {
-                // Receipts are dropped: the pipeline resolves them all the same.
-                drop(producer.send(r).await.unwrap());
+                let future = producer.send(r).await.unwrap();
+                if await_receipts {
+                    futures.push(future);
+                }
             }
             producer.flush().await;
+            for f in futures {
+                f.await.unwrap();
+            }
             total += start.elapsed();
         }
         producer.shutdown().await;
@@ -55,6 +72,9 @@ fn pipeline(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("aggregated", |b| {
         b.iter_custom(|iters| run(&rt, &base, iters))
+    });
+    group.bench_function("aggregated_receipts_awaited", |b| {
+        b.iter_custom(|iters| run_with(&rt, &base, iters, true))
     });
     let zstd = ProducerConfig {
         compression: Compression::Zstd { level: 1 },

@@ -88,6 +88,8 @@ pub(crate) struct Aggregator {
     deadlines: BTreeSet<(Instant, Key)>,
     map_version: u64,
     spare: Vec<AggregateBuilder>,
+    /// User records in the last finished aggregate: the next one's list is sized for it.
+    last_len: usize,
 }
 
 impl Aggregator {
@@ -105,6 +107,7 @@ impl Aggregator {
             deadlines: BTreeSet::new(),
             map_version: 0,
             spare: Vec::new(),
+            last_len: 1,
         }
     }
 
@@ -144,9 +147,11 @@ impl Aggregator {
             .expect("an empty aggregate accepts any record");
         let deadline = record.received + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
+        let mut records = Vec::with_capacity(self.last_len.min(self.limits.max_count));
+        records.push(record);
         let open = Open {
             builder,
-            records: vec![record],
+            records,
             deadline,
             shard,
             first_hash: hash,
@@ -190,6 +195,7 @@ impl Aggregator {
     }
 
     fn seal(&mut self, mut open: Open) -> KinesisRecordOut {
+        self.last_len = open.records.len();
         let mut record = open
             .builder
             .finish()

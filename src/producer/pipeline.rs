@@ -648,18 +648,22 @@ impl Pipeline {
         let mut user_bytes = 0u64;
         for (index, user) in record.records.into_iter().enumerate() {
             user_bytes += user.record.billed_bytes() as u64;
+            let retries = (user.attempts.len() + record.attempts.len()).saturating_sub(1);
+            self.metrics.retries_per_record(retries as u64);
+            self.settle(user.epoch);
+            // A caller that dropped the future gets no receipt: the record is stored all the
+            // same, and building one for nobody is most of the per-record cost of resolving.
+            if user.reply.is_closed() {
+                continue;
+            }
             let mut attempts = user.attempts;
             attempts.extend(record.attempts.iter().map(|a| a.for_record(user.received)));
-            self.metrics
-                .retries_per_record(attempts.len().saturating_sub(1) as u64);
             let receipt = Receipt {
                 shard_id: shard_id.clone(),
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: index as u64,
                 attempts,
             };
-            self.settle(user.epoch);
-            // The caller may have dropped the future: the record is stored all the same.
             let _ = user.reply.send(Ok(receipt));
         }
         let kinesis_bytes = record.entry.billed_bytes() as u64;
@@ -692,7 +696,7 @@ impl Pipeline {
             attempts: user.attempts,
             record: Some(user.record),
         };
-        let _ = user.reply.send(Err(failure));
+        let _ = user.reply.send(Err(Box::new(failure)));
     }
 
     /// One record of `epoch` resolved.

@@ -82,25 +82,29 @@ impl CallAttempt {
 /// The outcome of one record.
 pub type RecordResult = Result<Receipt, RecordFailure>;
 
+/// What travels back on a record's channel: the rare failure boxed, so every receipt does not
+/// move a failure-sized slot.
+pub(crate) type Reply = Result<Receipt, Box<RecordFailure>>;
+
 /// Resolves when the record is stored or has failed. Dropping it does not cancel the record:
 /// the producer still sends it, and the buffer room it holds returns when it resolves.
 #[derive(Debug)]
 #[must_use = "a record's outcome is only known by awaiting its future"]
 pub struct RecordFuture {
-    rx: oneshot::Receiver<RecordResult>,
+    rx: oneshot::Receiver<Reply>,
 }
 
 impl Future for RecordFuture {
     type Output = RecordResult;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(RecordFailure {
-                    reason: FailureReason::Lost,
-                    attempts: Vec::new(),
-                    record: None,
-                })
-            })
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(Ok(receipt)) => Ok(receipt),
+            Ok(Err(failure)) => Err(*failure),
+            Err(_) => Err(RecordFailure {
+                reason: FailureReason::Lost,
+                attempts: Vec::new(),
+                record: None,
+            }),
         })
     }
 }
@@ -127,7 +131,7 @@ pub(crate) struct PendingRecord {
     pub record: UserRecord,
     /// Routing hash; filled in by the pipeline task (a cache avoids re-hashing hot keys).
     pub hash_key: HashKey,
-    pub reply: oneshot::Sender<RecordResult>,
+    pub reply: oneshot::Sender<Reply>,
     pub received: Instant,
     /// Attempts made while the record was in an earlier Kinesis record (it is re-aggregated
     /// after a wrong-shard put or a reshard).
