@@ -314,4 +314,138 @@ mod tests {
         assert_eq!(s.request_time_ms, 20.0);
         assert_eq!(s.request_time_max_ms, 30.0);
     }
+
+    /// A recorder that keeps every counter total and histogram sample by name and labels.
+    #[derive(Default)]
+    struct TestRecorder {
+        counters: Mutex<BTreeMap<String, std::sync::Arc<Total>>>,
+        histograms: Mutex<BTreeMap<String, std::sync::Arc<Samples>>>,
+    }
+
+    #[derive(Default)]
+    struct Total(AtomicU64);
+    impl metrics::CounterFn for Total {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Relaxed);
+        }
+    }
+
+    #[derive(Default)]
+    struct Samples(Mutex<Vec<f64>>);
+    impl metrics::HistogramFn for Samples {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    fn name(key: &metrics::Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl metrics::Recorder for TestRecorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            let total = self
+                .counters
+                .lock()
+                .unwrap()
+                .entry(name(key))
+                .or_default()
+                .clone();
+            metrics::Counter::from_arc(total)
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            let samples = self
+                .histograms
+                .lock()
+                .unwrap()
+                .entry(name(key))
+                .or_default()
+                .clone();
+            metrics::Histogram::from_arc(samples)
+        }
+    }
+
+    #[test]
+    fn events_reach_the_metrics_facade() {
+        let recorder = TestRecorder::default();
+        metrics::with_local_recorder(&recorder, || {
+            let m = Metrics::new("logs");
+            m.record_received(10, 1000);
+            m.record_put(6, 600, 1, 650);
+            m.record_put(2, 200, 1, 250);
+            m.error("InternalFailure", 2);
+            m.throttled(3);
+            m.request_time(Duration::from_millis(30), 2);
+        });
+        let counter = |n: &str| {
+            recorder
+                .counters
+                .lock()
+                .unwrap()
+                .get(n)
+                .map(|t| t.0.load(Relaxed))
+        };
+        assert_eq!(counter("kpl_user_records_received{stream=logs}"), Some(10));
+        assert_eq!(counter("kpl_user_records_put{stream=logs}"), Some(8));
+        assert_eq!(counter("kpl_kinesis_records_put{stream=logs}"), Some(2));
+        assert_eq!(counter("kpl_throttled_entries{stream=logs}"), Some(3));
+        assert_eq!(
+            counter("kpl_errors_by_code{stream=logs,code=InternalFailure}"),
+            Some(2)
+        );
+        let histograms = recorder.histograms.lock().unwrap();
+        assert_eq!(
+            *histograms["kpl_request_time_ms{stream=logs}"]
+                .0
+                .lock()
+                .unwrap(),
+            vec![30.0]
+        );
+        assert_eq!(
+            *histograms["kpl_user_records_per_kinesis_record{stream=logs}"]
+                .0
+                .lock()
+                .unwrap(),
+            vec![6.0, 2.0]
+        );
+    }
 }
