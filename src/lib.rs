@@ -13,6 +13,7 @@
 //!   ([`client::sdk::SdkKinesis`]) and in memory with scripted faults
 //!   ([`client::memory::MemoryKinesis`]).
 //! - [`reader`]: reads a stream back, parents before children.
+//! - [`dedup`]: dedup ids on user records, and the reader-side [`dedup::Deduper`].
 //! - `sim` (feature `sim`): a local Kinesis with shard limits and a fault layer.
 //! - [`limits`], [`hash`], [`record`]: Kinesis's limits, hash keys, validated user records.
 //!
@@ -35,6 +36,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod dedup;
 mod fxhash;
 pub mod hash;
 pub mod limits;

@@ -110,6 +110,9 @@ pub struct AggregateBuilder {
     records: Vec<u8>,
     count: usize,
     first: Option<First>,
+    /// Some record carries tags: the aggregate form is kept even for one record, since raw
+    /// data cannot carry them.
+    tagged: bool,
 }
 
 impl AggregateBuilder {
@@ -126,6 +129,7 @@ impl AggregateBuilder {
             records: Vec::new(),
             count: 0,
             first: None,
+            tagged: false,
         }
     }
 
@@ -140,11 +144,11 @@ impl AggregateBuilder {
     }
 
     /// Exact size of the data [`finish`](Self::finish) would return now: the lone record's data
-    /// for one record, the encoded aggregate for more.
+    /// for one untagged record, the encoded aggregate otherwise.
     pub fn data_len(&self) -> usize {
         match (self.count, &self.first) {
             (0, _) => 0,
-            (1, Some(first)) => first.data.len(),
+            (1, Some(first)) if !self.tagged => first.data.len(),
             _ => self.aggregate_len(),
         }
     }
@@ -251,14 +255,15 @@ impl AggregateBuilder {
             });
         }
         self.count += 1;
+        self.tagged |= !tags.is_empty();
         Ok(())
     }
 
     /// Finishes the Kinesis record and empties the builder (keeping its allocations).
-    /// One record is written raw, as the KPL does; none gives `None`.
+    /// One record is written raw, as the KPL does (unless it carries tags); none gives `None`.
     pub fn finish(&mut self) -> Option<KinesisRecord> {
         let first = self.first.take()?;
-        let record = if self.count == 1 {
+        let record = if self.count == 1 && !self.tagged {
             KinesisRecord {
                 partition_key: first.partition_key,
                 explicit_hash_key: first.explicit_hash_key.map(|h| h.to_string()),
@@ -288,8 +293,22 @@ impl AggregateBuilder {
         self.ehk_count = 0;
         self.records.clear();
         self.count = 0;
+        self.tagged = false;
         Some(record)
     }
+}
+
+/// Exact data size of `record` alone in an aggregate with `tags`: what a lone tagged record
+/// costs, to check it against the stream's record limit before it is accepted.
+pub fn lone_aggregate_len(record: &UserRecord, tags: &[(&str, Option<&str>)]) -> usize {
+    let ehk = record
+        .explicit_hash_key
+        .map_or(0, |h| field_len(h.to_string().len()));
+    let ehk_index = record.explicit_hash_key.map(|_| 0);
+    FRAMING_LEN
+        + field_len(record.partition_key.len())
+        + ehk
+        + field_len(record_body_len(0, ehk_index, record.data.len(), tags))
 }
 
 fn record_body_len(
@@ -427,6 +446,31 @@ mod tests {
         assert_eq!(out.data, r.data);
         assert_eq!(out.explicit_hash_key.as_deref(), Some("7"));
         assert!(b.finish().is_none() && b.is_empty());
+    }
+
+    #[test]
+    fn a_lone_tagged_record_stays_an_aggregate_of_the_predicted_size() {
+        for r in [
+            UserRecord::new("key", vec![7u8; 300]),
+            UserRecord::new("k", vec![1u8; 70_000]).with_explicit_hash_key(HashKey(u128::MAX)),
+        ] {
+            let tags = [("kpl.id", Some("00000000000000010"))];
+            let mut b = AggregateBuilder::new(limits(100));
+            b.try_push_tagged(&r, r.hash_key(), &tags).unwrap();
+            assert_eq!(b.data_len(), lone_aggregate_len(&r, &tags));
+            let out = b.finish().unwrap();
+            assert_eq!(out.data.len(), lone_aggregate_len(&r, &tags));
+            assert_eq!(&out.data[..4], &KPL_MAGIC);
+            let decoded = proto::AggregatedRecord::decode(&out.data[4..out.data.len() - 16])
+                .expect("a valid aggregate");
+            assert_eq!(decoded.records.len(), 1);
+            assert_eq!(decoded.records[0].tags[0].key, "kpl.id");
+            assert_eq!(decoded.records[0].data, r.data);
+            // The next aggregate is untagged again: a lone record goes raw.
+            let plain = UserRecord::new("key", "x");
+            b.try_push(&plain, plain.hash_key()).unwrap();
+            assert_eq!(b.finish().unwrap().data, plain.data);
+        }
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! check out is passed through as plain data in the default mode; [`Deaggregator::strict`]
 //! makes it an error instead.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use prost::Message;
 
 use crate::codec::aggregate::{DIGEST_LEN, FRAMING_LEN, KPL_MAGIC};
-use crate::codec::frame::{FrameHeader, HEADER_LEN};
+use crate::codec::frame::{Dictionary, FrameHeader, HEADER_LEN};
 use crate::codec::proto::AggregatedRecord;
 use crate::hash::{HashKey, HashRange};
 
@@ -49,6 +51,16 @@ pub struct DeaggregatedRecord {
     pub kind: RecordKind,
     /// Whether the Kinesis record was a compressed frame.
     pub compressed: bool,
+}
+
+impl DeaggregatedRecord {
+    /// The record's dedup id, if its producer wrote one (see [`crate::dedup`]).
+    pub fn dedup_id(&self) -> Option<crate::dedup::DedupId> {
+        self.tags
+            .iter()
+            .find(|(key, _)| key == crate::dedup::DEDUP_TAG_KEY)
+            .and_then(|(_, value)| crate::dedup::DedupId::parse(value.as_deref()?))
+    }
 }
 
 /// Why a Kinesis record could not be read.
@@ -91,7 +103,9 @@ pub enum DecodeError {
         max: usize,
     },
     /// A compressed frame that needs a dictionary this reader does not have.
-    #[error("the compressed record needs zstd dictionary {0}, which this reader was not given")]
+    #[error(
+        "the compressed record needs zstd dictionary {0}, which this reader was not given: load the writer's dictionary (Deaggregator::with_dictionary, or kpl cat --zstd-dict FILE)"
+    )]
     UnknownDictionary(u32),
     /// A compressed frame whose zstd data is corrupt or does not match its declared size.
     #[error("the compressed record is corrupt: {0}")]
@@ -109,7 +123,21 @@ pub enum DecodeError {
 pub struct Deaggregator {
     strict: bool,
     max_decompressed_bytes: usize,
-    dictionaries: Vec<(u32, Vec<u8>)>,
+    dictionaries: Vec<Prepared>,
+}
+
+/// A dictionary digested once for decompression: loading one per record would cost more
+/// than decompressing it.
+#[derive(Clone)]
+struct Prepared {
+    id: u32,
+    dictionary: Arc<zstd::dict::DecoderDictionary<'static>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dictionary({})", self.id)
+    }
 }
 
 impl Default for Deaggregator {
@@ -140,11 +168,21 @@ impl Deaggregator {
         self
     }
 
-    /// Makes zstd dictionary `id` available for compressed records that name it.
-    pub fn with_dictionary(mut self, id: u32, dictionary: Vec<u8>) -> Self {
-        self.dictionaries.retain(|(i, _)| *i != id);
-        self.dictionaries.push((id, dictionary));
+    /// Makes a zstd dictionary available for compressed records that name its id (a reader
+    /// can hold many: one per dictionary its writers have used).
+    pub fn with_dictionary(mut self, dictionary: &Dictionary) -> Self {
+        let id = dictionary.id();
+        self.dictionaries.retain(|p| p.id != id);
+        self.dictionaries.push(Prepared {
+            id,
+            dictionary: Arc::new(zstd::dict::DecoderDictionary::copy(dictionary.as_bytes())),
+        });
         self
+    }
+
+    /// The ids of the dictionaries this reader holds.
+    pub fn dictionary_ids(&self) -> Vec<u32> {
+        self.dictionaries.iter().map(|p| p.id).collect()
     }
 
     /// The user records in one Kinesis record with `partition_key` and, if it was put with
@@ -182,12 +220,13 @@ impl Deaggregator {
         let mut decompressor = if header.dictionary_id == 0 {
             zstd::bulk::Decompressor::new().map_err(corrupt)?
         } else {
-            let (_, dict) = self
+            let prepared = self
                 .dictionaries
                 .iter()
-                .find(|(id, _)| *id == header.dictionary_id)
+                .find(|p| p.id == header.dictionary_id)
                 .ok_or(DecodeError::UnknownDictionary(header.dictionary_id))?;
-            zstd::bulk::Decompressor::with_dictionary(dict).map_err(corrupt)?
+            zstd::bulk::Decompressor::with_prepared_dictionary(&prepared.dictionary)
+                .map_err(corrupt)?
         };
         // Capacity is the declared size, already checked against the cap: zstd fails rather
         // than write past it.
@@ -395,8 +434,8 @@ mod tests {
             Deaggregator::new().deaggregate(&lying, "k", None),
             Err(DecodeError::Corrupt(_))
         ));
-        let dict = b"some dictionary bytes".repeat(10);
-        let framed = Compressor::zstd_with_dictionary(1, 9, &dict)
+        let dict = Dictionary::raw(9, b"some dictionary bytes".repeat(10)).unwrap();
+        let framed = Compressor::zstd_with_dictionary(1, &dict)
             .unwrap()
             .compress_bytes(&payload)
             .unwrap();
@@ -405,7 +444,7 @@ mod tests {
             Err(DecodeError::UnknownDictionary(9))
         );
         let out = Deaggregator::new()
-            .with_dictionary(9, dict)
+            .with_dictionary(&dict)
             .deaggregate(&framed, "k", None)
             .unwrap();
         assert_eq!(out[0].data.len(), 1 << 20);

@@ -14,6 +14,8 @@
 //! The uncompressed payload is exactly what the Kinesis record's data would have been without
 //! compression: a KPL aggregate, or a lone user record's data.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::aggregate::KinesisRecord;
@@ -67,6 +69,95 @@ impl FrameHeader {
     }
 }
 
+/// The first four bytes of a zstd dictionary in zstd's own format (what training makes).
+const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xA4, 0x30, 0xEC];
+
+/// A zstd dictionary and the id frames name it by.
+///
+/// Small records compress poorly one at a time (zstd has nothing to learn from in 200 bytes);
+/// a dictionary trained on typical records gives zstd that history up front. Writers and
+/// readers must hold the same dictionary: a frame records its id, and a reader without it
+/// fails with [`DecodeError::UnknownDictionary`](crate::codec::deaggregate::DecodeError).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Dictionary {
+    id: u32,
+    bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dictionary")
+            .field("id", &self.id)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Why bytes are not a usable dictionary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DictionaryError {
+    /// Not in zstd's dictionary format (a raw-content dictionary needs an explicit id).
+    #[error(
+        "not a zstd dictionary (no magic 37 A4 30 EC): make one with `kpl dict train`, or give a raw-content dictionary an id with Dictionary::raw"
+    )]
+    NotADictionary,
+    /// Id 0 means "no dictionary" in a frame.
+    #[error("dictionary id 0 is reserved for frames without a dictionary: use 1 to 2^32-1")]
+    ZeroId,
+    /// Training failed (usually: too few or too uniform samples).
+    #[error(
+        "zstd could not train a dictionary: {0}; give it more samples (a few thousand typical records)"
+    )]
+    Training(String),
+}
+
+impl Dictionary {
+    /// A dictionary in zstd's format (as `kpl dict train` writes it); its id is the one zstd
+    /// stored in it.
+    pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Result<Dictionary, DictionaryError> {
+        let bytes: Arc<[u8]> = bytes.into();
+        if bytes.len() < 8 || bytes[..4] != ZSTD_DICT_MAGIC {
+            return Err(DictionaryError::NotADictionary);
+        }
+        let id = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if id == 0 {
+            return Err(DictionaryError::ZeroId);
+        }
+        Ok(Dictionary { id, bytes })
+    }
+
+    /// Any bytes as a raw-content dictionary, named `id` in frames.
+    pub fn raw(id: u32, bytes: impl Into<Arc<[u8]>>) -> Result<Dictionary, DictionaryError> {
+        if id == 0 {
+            return Err(DictionaryError::ZeroId);
+        }
+        Ok(Dictionary {
+            id,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Trains a dictionary of at most `max_size` bytes on sample records.
+    pub fn train<S: AsRef<[u8]>>(
+        samples: &[S],
+        max_size: usize,
+    ) -> Result<Dictionary, DictionaryError> {
+        let bytes = zstd::dict::from_samples(samples, max_size)
+            .map_err(|e| DictionaryError::Training(e.to_string()))?;
+        Dictionary::from_bytes(bytes)
+    }
+
+    /// The id frames carry.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The dictionary's bytes (what to save and give readers).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Why a compressor could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up zstd: {0}")]
@@ -89,19 +180,17 @@ impl Compressor {
         })
     }
 
-    /// A zstd compressor at `level` that uses `dictionary`, recorded in each frame as `id`
-    /// (non-zero; readers must hold the same dictionary under the same id).
+    /// A zstd compressor at `level` that uses `dictionary`, whose id each frame records
+    /// (readers must hold the same dictionary).
     pub fn zstd_with_dictionary(
         level: i32,
-        id: u32,
-        dictionary: &[u8],
+        dictionary: &Dictionary,
     ) -> Result<Compressor, CompressorError> {
-        assert!(id != 0, "dictionary id 0 means no dictionary");
-        let mut context = zstd::bulk::Compressor::with_dictionary(level, dictionary)?;
+        let mut context = zstd::bulk::Compressor::with_dictionary(level, dictionary.as_bytes())?;
         context.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         Ok(Compressor {
             context,
-            dictionary_id: id,
+            dictionary_id: dictionary.id(),
         })
     }
 

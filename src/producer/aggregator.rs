@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
-use crate::codec::aggregate::{AggregateBuilder, AggregateLimits};
+use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full};
 use crate::codec::frame::Compressor;
+use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY, DedupId};
 use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
 use crate::producer::record::{CallAttempt, PendingRecord};
@@ -37,6 +38,8 @@ pub(crate) struct KinesisRecordOut {
     pub deadline: Instant,
     /// Attempts this Kinesis record has had.
     pub attempts: Vec<CallAttempt>,
+    /// Strict ordering: the shard queue this record blocks until it resolves.
+    pub lane: Option<Arc<str>>,
 }
 
 impl KinesisRecordOut {
@@ -90,6 +93,8 @@ pub(crate) struct Aggregator {
     spare: Vec<AggregateBuilder>,
     /// User records in the last finished aggregate: the next one's list is sized for it.
     last_len: usize,
+    /// Tag each user record with its dedup id under this producer id.
+    dedup_producer: Option<u64>,
 }
 
 impl Aggregator {
@@ -98,8 +103,10 @@ impl Aggregator {
         limits: AggregateLimits,
         max_buffered_time: Duration,
         compressor: Option<Compressor>,
+        dedup_producer: Option<u64>,
     ) -> Self {
         Aggregator {
+            dedup_producer,
             limits,
             max_buffered_time,
             compressor,
@@ -127,8 +134,9 @@ impl Aggregator {
             Grouping::ByShard => Key::Shard(map.index_of(hash)),
             Grouping::ByHashKey => Key::Hash(hash.0),
         };
+        let dedup = self.dedup_producer;
         if let Some(open) = self.open.get_mut(&key) {
-            if open.builder.try_push(&record.record, hash).is_ok() {
+            if push_into(&mut open.builder, &record, dedup).is_ok() {
                 open.single_hash &= open.first_hash == hash;
                 open.records.push(record);
                 if open.records.len() >= self.limits.max_count {
@@ -142,9 +150,7 @@ impl Aggregator {
             .spare
             .pop()
             .unwrap_or_else(|| AggregateBuilder::new(self.limits));
-        builder
-            .try_push(&record.record, hash)
-            .expect("an empty aggregate accepts any record");
+        push_into(&mut builder, &record, dedup).expect("an empty aggregate accepts any record");
         let deadline = record.received + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
         let mut records = Vec::with_capacity(self.last_len.min(self.limits.max_count));
@@ -216,6 +222,31 @@ impl Aggregator {
             single_hash: open.single_hash,
             deadline: open.deadline,
             attempts: Vec::new(),
+            lane: None,
+        }
+    }
+}
+
+/// Adds `record` to `builder`, tagged with its dedup id if `dedup_producer` is set.
+fn push_into(
+    builder: &mut AggregateBuilder,
+    record: &PendingRecord,
+    dedup_producer: Option<u64>,
+) -> Result<(), Full> {
+    match dedup_producer {
+        None => builder.try_push(&record.record, record.hash_key),
+        Some(producer) => {
+            let mut buf = [0u8; DEDUP_ID_MAX_LEN];
+            let id = DedupId {
+                producer,
+                seq: record.seq,
+            }
+            .encode(&mut buf);
+            builder.try_push_tagged(
+                &record.record,
+                record.hash_key,
+                &[(DEDUP_TAG_KEY, Some(id))],
+            )
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::codec::frame::Dictionary;
 use crate::limits::{
     LARGEST_MAX_RECORD_BYTES, MAX_PARTITION_KEY_CHARS, MAX_PUT_RECORDS_BYTES,
     MAX_PUT_RECORDS_ENTRIES,
@@ -37,7 +38,7 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 24;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// How Kinesis records are compressed before they are sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Compression {
     /// Records are sent as KPL aggregates or raw records, readable by every KPL consumer.
@@ -48,6 +49,15 @@ pub enum Compression {
     Zstd {
         /// zstd level, 1 (fast) to 22.
         level: i32,
+    },
+    /// Like `Zstd`, with a dictionary trained on typical records (`kpl dict train`): much
+    /// better ratios for small Kinesis records (aggregation off, or few records per shard
+    /// per buffered time). Readers need the same dictionary.
+    ZstdDictionary {
+        /// zstd level, 1 (fast) to 22.
+        level: i32,
+        /// The dictionary; its id goes into every frame.
+        dictionary: Dictionary,
     },
 }
 
@@ -93,6 +103,18 @@ pub struct ProducerConfig {
     /// Largest record (partition key + data) the stream accepts. `None`: ask the stream
     /// (DescribeStreamSummary), falling back to 1 MiB.
     pub max_record_bytes: Option<usize>,
+    /// Tag every user record with a unique [`DedupId`](crate::dedup::DedupId) (a random
+    /// producer id and a counter), so readers can drop duplicates with a
+    /// [`Deduper`](crate::dedup::Deduper). KPL readers still read the data unchanged. Costs
+    /// about 30 bytes per user record before compression, and a lone record is always sent as
+    /// an aggregate (raw data cannot carry the tag). Default off.
+    pub dedup_ids: bool,
+    /// Store the records of each shard (so of each partition key) in `send` order, even under
+    /// throttling and retries: at most one Kinesis record per shard is in flight, and a failed
+    /// one blocks the rest of its shard until it is stored or has failed for good. Costs
+    /// throughput: each shard moves one aggregate per round trip (see BENCHMARKS.md). Default
+    /// off: retries may then store a record after later records of its key.
+    pub strict_ordering: bool,
 }
 
 impl Default for ProducerConfig {
@@ -115,6 +137,8 @@ impl Default for ProducerConfig {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             compression: Compression::None,
             max_record_bytes: None,
+            dedup_ids: false,
+            strict_ordering: false,
         }
     }
 }
@@ -233,11 +257,13 @@ impl ProducerConfig {
             self.max_concurrent_requests,
             "at least 1",
         )?;
-        if let Compression::Zstd { level } = self.compression {
+        if let Compression::Zstd { level } | Compression::ZstdDictionary { level, .. } =
+            self.compression
+        {
             check(
                 (1..=22).contains(&level),
                 "compression",
-                self.compression,
+                &self.compression,
                 "zstd level 1 to 22",
             )?;
         }

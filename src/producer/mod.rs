@@ -49,15 +49,19 @@ use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
-use crate::codec::aggregate::AggregateLimits;
+use crate::codec::aggregate::{AggregateLimits, lone_aggregate_len};
 use crate::codec::frame::Compressor;
+use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY};
 use crate::limits::DEFAULT_MAX_RECORD_BYTES;
 use crate::producer::aggregator::Aggregator;
 use crate::producer::pipeline::{Input, Pipeline};
 use crate::producer::record::{BufferPermit, PendingRecord};
 use crate::producer::shard_map::{ShardMap, ShardMapError};
-use crate::record::UserRecord;
+use crate::record::{RecordError, UserRecord};
 
+/// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
+/// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
+const TAGGED_OVERHEAD_BOUND: usize = 2 * 1024 + 256;
 mod aggregator;
 pub mod backoff;
 mod collector;
@@ -105,6 +109,7 @@ struct Shared {
     bytes: Arc<Semaphore>,
     max_record_bytes: usize,
     max_outstanding_bytes: u32,
+    dedup_producer: Option<u64>,
     stream: StreamId,
     metrics: Arc<metrics::Metrics>,
     closed: AtomicBool,
@@ -183,17 +188,25 @@ impl Producer {
                 1
             },
         };
-        let compressor = match config.compression {
+        let zstd_error = |e: crate::codec::frame::CompressorError| ConfigError {
+            field: "compression",
+            value: format!("{:?}", config.compression),
+            requirement: e.to_string(),
+        };
+        let compressor = match &config.compression {
             Compression::None => None,
-            Compression::Zstd { level } => {
-                Some(Compressor::zstd(level).map_err(|e| ConfigError {
-                    field: "compression",
-                    value: format!("zstd level {level}"),
-                    requirement: e.to_string(),
-                })?)
+            Compression::Zstd { level } => Some(Compressor::zstd(*level).map_err(zstd_error)?),
+            Compression::ZstdDictionary { level, dictionary } => {
+                Some(Compressor::zstd_with_dictionary(*level, dictionary).map_err(zstd_error)?)
             }
         };
-        let aggregator = Aggregator::new(limits, config.record_max_buffered_time, compressor);
+        let dedup_producer = config.dedup_ids.then(rand::random::<u64>);
+        let aggregator = Aggregator::new(
+            limits,
+            config.record_max_buffered_time,
+            compressor,
+            dedup_producer,
+        );
         let metrics = Arc::new(metrics::Metrics::new(&stream.to_string()));
         let records = Arc::new(Semaphore::new(config.max_outstanding_records));
         let bytes = Arc::new(Semaphore::new(config.max_outstanding_bytes));
@@ -206,6 +219,7 @@ impl Producer {
             metrics.clone(),
             map,
             aggregator,
+            dedup_producer,
         );
         let task = tokio::spawn(pipeline.run(input_rx, done_rx, map_rx));
         Ok(Producer {
@@ -215,6 +229,7 @@ impl Producer {
                 bytes,
                 max_record_bytes,
                 max_outstanding_bytes,
+                dedup_producer,
                 stream,
                 metrics,
                 closed: AtomicBool::new(false),
@@ -314,6 +329,12 @@ impl Producer {
         self.shared.max_record_bytes
     }
 
+    /// The producer id in this producer's dedup ids, if
+    /// [`ProducerConfig::dedup_ids`] is on.
+    pub fn dedup_producer_id(&self) -> Option<u64> {
+        self.shared.dedup_producer
+    }
+
     /// The stream this producer writes to.
     pub fn stream(&self) -> &StreamId {
         &self.shared.stream
@@ -323,7 +344,25 @@ impl Producer {
         if self.shared.closed.load(Ordering::Relaxed) {
             return Err(SendErrorReason::Closed);
         }
-        record.validate(self.shared.max_record_bytes)?;
+        let max = self.shared.max_record_bytes;
+        record.validate(max)?;
+        // A record with a dedup id is always sent as an aggregate: the wrapping must fit too.
+        if self.shared.dedup_producer.is_some()
+            && record.billed_bytes() + TAGGED_OVERHEAD_BOUND > max
+        {
+            let widest = [b'f'; DEDUP_ID_MAX_LEN];
+            let widest = std::str::from_utf8(&widest).expect("ASCII");
+            let wrapped = record.partition_key.len()
+                + lone_aggregate_len(record, &[(DEDUP_TAG_KEY, Some(widest))]);
+            if wrapped > max {
+                let size = record.billed_bytes();
+                return Err(RecordError::TooLarge {
+                    size,
+                    max: max - (wrapped - size),
+                }
+                .into());
+            }
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
+use crate::dedup::DedupId;
 use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
@@ -51,10 +52,14 @@ struct ShardQueue {
     queue: VecDeque<KinesisRecordOut>,
     limiter: ShardLimiter,
     listed: bool,
+    /// Strict ordering: one of its Kinesis records is in flight (or waiting to be retried).
+    busy: bool,
 }
 
 enum Admit {
     Empty,
+    /// Strict ordering: the shard has a record in flight.
+    Blocked,
     Limited(Instant),
     CollectorFull,
 }
@@ -88,6 +93,11 @@ pub(crate) struct Pipeline {
     closing: bool,
     outstanding: u64,
 
+    /// The next user record's number (its dedup id's sequence).
+    next_seq: u64,
+    /// Set when user records carry dedup ids.
+    dedup_producer: Option<u64>,
+
     finished: Vec<KinesisRecordOut>,
     expired: Vec<KinesisRecordOut>,
     /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
@@ -109,6 +119,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         map: ShardMap,
         aggregator: Aggregator,
+        dedup_producer: Option<u64>,
     ) -> (
         Self,
         mpsc::UnboundedReceiver<Completed>,
@@ -147,6 +158,8 @@ impl Pipeline {
             shutdowns: Vec::new(),
             closing: false,
             outstanding: 0,
+            next_seq: 0,
+            dedup_producer,
             finished: Vec::new(),
             expired: Vec::new(),
             misplaced: Vec::new(),
@@ -215,6 +228,8 @@ impl Pipeline {
                 }
                 let epoch = self.epoch_base + self.epochs.len() as u64 - 1;
                 record.epoch = epoch;
+                record.seq = self.next_seq;
+                self.next_seq += 1;
                 *self.epochs.back_mut().expect("one epoch is always open") += 1;
                 self.outstanding += 1;
                 self.metrics
@@ -287,6 +302,11 @@ impl Pipeline {
     }
 
     fn enqueue(&mut self, record: KinesisRecordOut, now: Instant) {
+        self.enqueue_at(record, now, false);
+    }
+
+    /// Queues `record` on its shard; `front`: before everything queued there.
+    fn enqueue_at(&mut self, record: KinesisRecordOut, now: Instant, front: bool) {
         let config = &self.limiter_config;
         let shard = self
             .shards
@@ -295,12 +315,32 @@ impl Pipeline {
                 queue: VecDeque::new(),
                 limiter: ShardLimiter::new(config, now),
                 listed: false,
+                busy: false,
             });
         if !shard.listed {
             shard.listed = true;
             self.waiting.push_back(record.shard.clone());
         }
-        shard.queue.push_back(record);
+        if front {
+            shard.queue.push_front(record);
+        } else {
+            shard.queue.push_back(record);
+        }
+    }
+
+    /// Strict ordering: `record` no longer blocks its shard (stored, failed, or back in the
+    /// queue), so the shard's next record may go.
+    fn release(&mut self, record: &mut KinesisRecordOut) {
+        let Some(lane) = record.lane.take() else {
+            return;
+        };
+        if let Some(shard) = self.shards.get_mut(&lane) {
+            shard.busy = false;
+            if !shard.listed && !shard.queue.is_empty() {
+                shard.listed = true;
+                self.waiting.push_back(lane);
+            }
+        }
     }
 
     /// Admits queued Kinesis records into the collector as their shards' limiters allow, and
@@ -315,7 +355,7 @@ impl Pipeline {
                 break;
             };
             match self.admit(&id, now) {
-                Admit::Empty => {
+                Admit::Empty | Admit::Blocked => {
                     if let Some(shard) = self.shards.get_mut(&id) {
                         shard.listed = false;
                     }
@@ -344,6 +384,10 @@ impl Pipeline {
             return Admit::Empty;
         };
         let ttl = self.config.record_ttl;
+        let strict = self.config.strict_ordering;
+        if strict && shard.busy {
+            return Admit::Blocked;
+        }
         while let Some(front) = shard.queue.front() {
             if front.oldest() + ttl <= now {
                 let record = shard.queue.pop_front().expect("front exists");
@@ -357,9 +401,16 @@ impl Pipeline {
             if self.config.rate_limit_enabled && !shard.limiter.try_take(bytes, now) {
                 return Admit::Limited(shard.limiter.ready_at(bytes, now));
             }
-            let record = shard.queue.pop_front().expect("front exists");
+            let mut record = shard.queue.pop_front().expect("front exists");
+            if strict {
+                record.lane = Some(id.clone());
+                shard.busy = true;
+            }
             if let Err(record) = self.collector.try_push(record) {
                 unreachable!("the collector had room for {} bytes", record.billed_bytes());
+            }
+            if strict {
+                return Admit::Blocked;
             }
         }
         Admit::Empty
@@ -491,11 +542,15 @@ impl Pipeline {
 
     /// A retried Kinesis record comes back: still within its TTL, and still correct for the
     /// current shard map?
-    fn requeue(&mut self, record: KinesisRecordOut, now: Instant) {
+    fn requeue(&mut self, mut record: KinesisRecordOut, now: Instant) {
+        self.release(&mut record);
         if record.oldest() + self.config.record_ttl <= now {
             self.expire(record, now);
         } else if let Some(record) = self.recheck(record) {
-            self.enqueue(record, now);
+            // Strict ordering: a retried record goes before everything its shard queued after
+            // it (nothing of that shard was sent meanwhile: it was blocked).
+            let front = self.config.strict_ordering;
+            self.enqueue_at(record, now, front);
         }
     }
 
@@ -528,7 +583,8 @@ impl Pipeline {
     }
 
     /// Breaks a Kinesis record into its user records and aggregates them again.
-    fn reaggregate(&mut self, record: KinesisRecordOut) {
+    fn reaggregate(&mut self, mut record: KinesisRecordOut) {
+        self.release(&mut record);
         for mut user in record.records {
             user.attempts
                 .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
@@ -538,7 +594,8 @@ impl Pipeline {
     }
 
     /// Fails the user records whose TTL is over; the rest are aggregated again.
-    fn expire(&mut self, record: KinesisRecordOut, now: Instant) {
+    fn expire(&mut self, mut record: KinesisRecordOut, now: Instant) {
+        self.release(&mut record);
         let ttl = self.config.record_ttl;
         let last_error = last_error(&record);
         let call_attempts = record.attempts;
@@ -640,10 +697,11 @@ impl Pipeline {
 
     fn resolve_stored(
         &mut self,
-        record: KinesisRecordOut,
+        mut record: KinesisRecordOut,
         shard_id: Arc<str>,
         sequence_number: Arc<str>,
     ) {
+        self.release(&mut record);
         let user_records = record.records.len() as u64;
         let mut user_bytes = 0u64;
         for (index, user) in record.records.into_iter().enumerate() {
@@ -663,6 +721,10 @@ impl Pipeline {
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: index as u64,
                 attempts,
+                dedup_id: self.dedup_producer.map(|producer| DedupId {
+                    producer,
+                    seq: user.seq,
+                }),
             };
             let _ = user.reply.send(Ok(receipt));
         }
@@ -680,7 +742,8 @@ impl Pipeline {
         self.fail_all(record, reason);
     }
 
-    fn fail_all(&mut self, record: KinesisRecordOut, reason: FailureReason) {
+    fn fail_all(&mut self, mut record: KinesisRecordOut, reason: FailureReason) {
+        self.release(&mut record);
         for mut user in record.records {
             user.attempts
                 .extend(record.attempts.iter().map(|a| a.for_record(user.received)));

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
+use crate::dedup::DedupId;
 use crate::hash::HashKey;
 use crate::producer::error::{FailureReason, RecordFailure};
 use crate::record::UserRecord;
@@ -26,6 +27,8 @@ pub struct Receipt {
     pub sub_sequence_number: u64,
     /// Every PutRecords attempt that carried it; the last one succeeded.
     pub attempts: Vec<Attempt>,
+    /// The id readers dedupe it by, with [`ProducerConfig::dedup_ids`](crate::producer::ProducerConfig::dedup_ids) on.
+    pub dedup_id: Option<DedupId>,
 }
 
 /// One PutRecords attempt as seen by one record.
@@ -138,6 +141,9 @@ pub(crate) struct PendingRecord {
     pub attempts: Vec<Attempt>,
     /// Which flush epoch it belongs to (see the pipeline's flush accounting).
     pub epoch: u64,
+    /// Its number in this producer, in the order the pipeline received it: with the
+    /// producer id, its dedup id.
+    pub seq: u64,
     pub _permit: Option<BufferPermit>,
 }
 
@@ -158,6 +164,7 @@ impl PendingRecord {
                 received,
                 attempts: Vec::new(),
                 epoch: 0,
+                seq: 0,
                 _permit: permit,
             },
             RecordFuture { rx },

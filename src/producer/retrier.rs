@@ -222,6 +222,7 @@ mod tests {
             single_hash,
             deadline: Instant::now(),
             attempts: Vec::new(),
+            lane: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! `kpl sim` with shard limits on, so it needs no setup at all.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -69,6 +70,10 @@ pub struct Args {
     /// No per-second lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Print this many generated records' data to stdout, one per line, and exit (samples
+    /// for `kpl dict train`).
+    #[arg(long, value_name = "N")]
+    print_records: Option<u64>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
@@ -241,6 +246,16 @@ fn peak_rss_mib() -> f64 {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.print_records {
+        let mut load = Load::new(&args);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for _ in 0..n {
+            out.write_all(&load.next().data)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = args.producer.config()?;
     let sim = match &args.connect.endpoint_url {
         Some(_) => None,

@@ -11,10 +11,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use kpl::client::StreamId;
 use kpl::client::sdk::StartPosition;
-use kpl::codec::deaggregate::{Deaggregator, outside_range};
+use kpl::codec::deaggregate::outside_range;
+use kpl::dedup::Deduper;
 use kpl::reader::{ReaderConfig, StreamReader};
 
-use crate::common::{ConnectArgs, parse_duration};
+use crate::common::{ConnectArgs, DecodeArgs, parse_duration};
 
 /// Arguments of `kpl cat`.
 #[derive(clap::Args, Debug)]
@@ -39,9 +40,16 @@ pub struct Args {
     /// (base64).
     #[arg(long, default_value = "raw", value_parser = ["raw", "json"])]
     format: String,
-    /// A record with the KPL magic but a bad MD5 or protobuf is an error, not plain data.
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Drop user records whose dedup id (written with `kpl put --dedup-ids`) was already seen:
+    /// the copies that producer retries and re-reads create.
     #[arg(long)]
-    strict: bool,
+    dedup: bool,
+    /// How many ids --dedup remembers (about 64 bytes each): cover the records read within
+    /// the producer's record TTL.
+    #[arg(long, value_name = "IDS", default_value_t = 1_000_000)]
+    dedup_window: usize,
     /// No summary on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -74,7 +82,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut reader = StreamReader::new(api, StreamId::parse(&args.stream), config)
         .await
         .with_context(|| format!("cannot read stream {}", args.stream))?;
-    let deaggregator = Deaggregator::new().strict(args.strict);
+    let deaggregator = args.decode.deaggregator()?;
+    let mut deduper = args.dedup.then(|| Deduper::new(args.dedup_window));
     let json = args.format == "json";
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut user_records, mut outside, mut undecodable) = (0u64, 0u64, 0u64);
@@ -101,6 +110,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
             for u in records {
+                if let Some(d) = &mut deduper
+                    && !d.keep(&u)
+                {
+                    continue;
+                }
                 let written = if json {
                     let line = serde_json::json!({
                         "shard_id": &*r.shard_id,
@@ -108,6 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "sub_sequence_number": u.sub_sequence_number,
                         "partition_key": u.partition_key,
                         "explicit_hash_key": u.explicit_hash_key,
+                        "dedup_id": u.dedup_id().map(|id| id.to_string()),
                         "data": STANDARD.encode(&u.data),
                     });
                     writeln!(out, "{line}")
@@ -133,8 +148,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if !args.quiet {
         eprintln!(
-            "kpl cat: {user_records} user records from {} Kinesis records; {outside} outside their shard's range; {undecodable} undecodable",
-            reader.records_read()
+            "kpl cat: {user_records} user records from {} Kinesis records; {outside} outside their shard's range; {undecodable} undecodable{}",
+            reader.records_read(),
+            deduper
+                .map(|d| format!("; {} duplicates dropped", d.duplicates()))
+                .unwrap_or_default()
         );
     }
     Ok(if undecodable > 0 {

@@ -1,11 +1,15 @@
 //! Flags shared by the subcommands: where Kinesis is, and the producer's knobs.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use kpl::client::KinesisApi;
 use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::codec::deaggregate::Deaggregator;
+use kpl::codec::frame::Dictionary;
 use kpl::producer::config::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_OUTSTANDING_BYTES,
     DEFAULT_MAX_OUTSTANDING_RECORDS, DEFAULT_RATE_LIMIT_PERCENT, DEFAULT_ZSTD_LEVEL,
@@ -54,6 +58,14 @@ pub struct ProducerArgs {
     /// Compress Kinesis records: none, zstd, or zstd:LEVEL (only kpl readers decode it).
     #[arg(long, default_value = "none", value_parser = parse_compression)]
     pub compression: Compression,
+    /// Compress with this zstd dictionary (from `kpl dict train`; implies --compression zstd).
+    /// Readers need it too: `kpl cat --zstd-dict FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub zstd_dict: Option<PathBuf>,
+    /// Tag every user record with a unique id (producer id + counter) so readers can drop
+    /// duplicates (`kpl cat --dedup`).
+    #[arg(long)]
+    pub dedup_ids: bool,
     /// Longest a record waits to be batched (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub max_buffered_time: Duration,
@@ -86,10 +98,23 @@ pub struct ProducerArgs {
 impl ProducerArgs {
     /// The producer configuration, validated.
     pub fn config(&self) -> anyhow::Result<ProducerConfig> {
+        let compression = match (&self.zstd_dict, &self.compression) {
+            (None, c) => c.clone(),
+            (Some(path), Compression::None) => Compression::ZstdDictionary {
+                level: DEFAULT_ZSTD_LEVEL,
+                dictionary: load_dictionary(path)?,
+            },
+            (Some(path), Compression::Zstd { level }) => Compression::ZstdDictionary {
+                level: *level,
+                dictionary: load_dictionary(path)?,
+            },
+            (Some(_), other) => anyhow::bail!("--zstd-dict does not combine with {other:?}"),
+        };
         let config = ProducerConfig {
             aggregation_enabled: !self.no_aggregation,
             aggregation_max_size: self.aggregation_max_size,
-            compression: self.compression,
+            compression,
+            dedup_ids: self.dedup_ids,
             record_max_buffered_time: self.max_buffered_time,
             rate_limit_percent: self.rate_limit,
             rate_limit_enabled: !self.no_rate_limit,
@@ -103,6 +128,35 @@ impl ProducerArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Reads a dictionary file written by `kpl dict train`.
+pub fn load_dictionary(path: &Path) -> anyhow::Result<Dictionary> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the zstd dictionary {}", path.display()))?;
+    Dictionary::from_bytes(bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// How readers (`kpl cat`, `kpl decode`) decode records.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// A record with the KPL magic but a bad MD5 or protobuf is an error, not plain data.
+    #[arg(long)]
+    pub strict: bool,
+    /// A zstd dictionary the writers used (repeat for several; each frame names its own).
+    #[arg(long, value_name = "FILE")]
+    pub zstd_dict: Vec<PathBuf>,
+}
+
+impl DecodeArgs {
+    /// The deaggregator these flags describe.
+    pub fn deaggregator(&self) -> anyhow::Result<Deaggregator> {
+        let mut d = Deaggregator::new().strict(self.strict);
+        for path in &self.zstd_dict {
+            d = d.with_dictionary(&load_dictionary(path)?);
+        }
+        Ok(d)
     }
 }
 

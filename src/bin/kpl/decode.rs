@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use kpl::codec::deaggregate::{Deaggregator, RecordKind};
+use kpl::codec::deaggregate::RecordKind;
 use kpl::limits::LARGEST_MAX_RECORD_BYTES;
+
+use crate::common::DecodeArgs;
 
 /// Arguments of `kpl decode`.
 #[derive(clap::Args, Debug)]
@@ -21,9 +23,8 @@ pub struct Args {
     /// The Kinesis record's explicit hash key, if it was put with one.
     #[arg(long)]
     explicit_hash_key: Option<String>,
-    /// A record with the KPL magic but a bad MD5 or protobuf is an error, not plain data.
-    #[arg(long)]
-    strict: bool,
+    #[command(flatten)]
+    decode: DecodeArgs,
 }
 
 /// Raw input beyond this is not one Kinesis record (base64 of 10 MiB, plus slack).
@@ -50,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         input
     };
-    let records = Deaggregator::new().strict(args.strict).deaggregate(
+    let records = args.decode.deaggregator()?.deaggregate(
         &data,
         &args.partition_key,
         args.explicit_hash_key.as_deref(),
@@ -65,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "kind": match r.kind { RecordKind::Plain => "plain", RecordKind::Aggregated => "aggregated" },
             "compressed": r.compressed,
             "tags": r.tags,
+            "dedup_id": r.dedup_id().map(|id| id.to_string()),
             "data": STANDARD.encode(&r.data),
         });
         writeln!(out, "{line}")?;

@@ -12,6 +12,7 @@ mod bench;
 mod cat;
 mod common;
 mod decode;
+mod dict;
 mod put;
 mod sim;
 
@@ -35,6 +36,9 @@ enum Command {
     Sim(sim::Args),
     /// Measure shard throughput, throttling, latency and CPU under a synthetic load.
     Bench(bench::Args),
+    /// zstd dictionaries for small records.
+    #[command(subcommand)]
+    Dict(dict::Command),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Command::Decode(args) => decode::run(args),
             Command::Sim(args) => sim::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Dict(command) => dict::run(command),
         }
     });
     match result {
