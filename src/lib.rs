@@ -14,6 +14,7 @@
 //!   ([`client::memory::MemoryKinesis`]).
 //! - [`reader`]: reads a stream back, parents before children.
 //! - [`dedup`]: dedup ids on user records, and the reader-side [`dedup::Deduper`].
+//! - `lambda` (feature `lambda`): user records out of a Kinesis Lambda event.
 //! - `sim` (feature `sim`): a local Kinesis with shard limits and a fault layer.
 //! - [`limits`], [`hash`], [`record`]: Kinesis's limits, hash keys, validated user records.
 //!
@@ -39,6 +40,8 @@ pub mod codec;
 pub mod dedup;
 mod fxhash;
 pub mod hash;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod limits;
 pub mod producer;
 pub mod reader;
