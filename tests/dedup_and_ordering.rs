@@ -1,6 +1,10 @@
 //! Dedup ids and strict per-key ordering against the in-memory Kinesis, on tokio's paused
 //! clock: duplicates made by lost responses are removed by the reader's `Deduper`, and strict
-//! ordering stores each key's records in send order under scripted throttling.
+//! ordering stores each key's records in send order under scripted throttling. Then strict
+//! ordering on `kpl sim` with shard limits and 30 % of entries throttled, read back by
+//! sequence number. (Dedup under the simulator's faults: tests/fault_matrix.rs.)
+
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -247,4 +251,61 @@ async fn strict_ordering_stores_each_key_in_send_order_under_throttling() {
         seen_inversions[&false] > 0,
         "expected reordering without strict ordering: {seen_inversions:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_ordering_holds_on_kpl_sim_with_30_percent_throttled() {
+    use kpl::sim::{EntryFault, Faults, Sim, SimConfig};
+    let sim = Sim::start(SimConfig {
+        enforce_limits: true,
+        seed: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.create_stream("o", 4).await.unwrap();
+    sim.set_faults(Faults {
+        stream: Some("o".into()),
+        entry_failures: vec![EntryFault {
+            code: "ProvisionedThroughputExceededException".into(),
+            probability: 0.3,
+        }],
+        ..Default::default()
+    });
+    let config = ProducerConfig {
+        strict_ordering: true,
+        aggregation_max_size: 4_000,
+        record_max_buffered_time: Duration::from_millis(20),
+        request_timeout: Duration::from_secs(2),
+        max_attempts: 100,
+        ..Default::default()
+    };
+    let p = Producer::new(sim.api(), "o", config).await.unwrap();
+    let records: Vec<UserRecord> = (0..4_000).map(|i| record(i, 40)).collect();
+    let mut futures = Vec::new();
+    for wave in records.chunks(200) {
+        for r in wave {
+            futures.push(p.send(r.clone()).await.expect("accepted"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for f in futures {
+        f.await.expect("stored in the end");
+    }
+    let m = p.metrics();
+    p.shutdown().await;
+    assert!(
+        m.throttled_entries > 10,
+        "the faults fired: {} throttled entries",
+        m.throttled_entries
+    );
+    sim.set_faults(Faults::default());
+    // In each shard's read order (sequence number, then sub-sequence number).
+    let read: Vec<(String, DeaggregatedRecord)> = common::read_all(sim.client(), "o")
+        .await
+        .into_iter()
+        .map(|r| (r.shard_id, r.record))
+        .collect();
+    assert_eq!(read.len(), records.len(), "each record stored once");
+    assert_eq!(inversions(&read), 0, "every key's records in send order");
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kpl::UserRecord;
 use kpl::client::KinesisApi;
+use kpl::dedup::Deduper;
 use kpl::producer::{FailureReason, Producer, ProducerConfig};
 use kpl::sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimStats};
 
@@ -38,6 +39,8 @@ struct Row {
     acked: usize,
     failed: usize,
     duplicates: usize,
+    /// With dedup ids: copies a `Deduper` dropped over everything read (KCL-valid or not).
+    deduped: Option<u64>,
     lost: usize,
     throttled: u64,
     retries: u64,
@@ -200,6 +203,27 @@ async fn run(c: Case) -> Row {
         "{}: records reported put but not in the stream",
         c.name
     );
+    if c.config.dedup_ids {
+        // Dedup over every copy a reader without the KCL's range check would see.
+        let mut deduper = Deduper::new(1 << 20);
+        let mut kept: HashMap<String, usize> = HashMap::new();
+        for r in &read {
+            assert!(r.record.dedup_id().is_some(), "{}: a record without id", c.name);
+            if deduper.keep(&r.record) {
+                let id = String::from_utf8(r.record.data[..8].to_vec()).unwrap();
+                *kept.entry(id).or_default() += 1;
+            }
+        }
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let n = kept.get(&format!("{i:08}")).copied().unwrap_or(0);
+            if outcome.is_ok() {
+                assert_eq!(n, 1, "{}: record {i} after dedup", c.name);
+            } else {
+                assert!(n <= 1, "{}: record {i} after dedup", c.name);
+            }
+        }
+        row.deduped = Some(deduper.duplicates());
+    }
     assert_eq!(row.acked + row.failed, c.records);
     if c.fatal {
         assert_eq!(
@@ -221,6 +245,12 @@ async fn run(c: Case) -> Row {
         );
     }
     row
+}
+
+/// A case whose faults duplicate records, run with dedup ids on.
+fn deduped(mut c: Case) -> Case {
+    c.config.dedup_ids = true;
+    c
 }
 
 fn entry_failed(s: &SimStats) -> bool {
@@ -281,7 +311,7 @@ fn cases() -> Vec<Case> {
             },
             |s| s.hangs > 0,
         ),
-        case(
+        deduped(case(
             "stored, response lost (20%)",
             Faults {
                 lost_response_probability: 0.2,
@@ -289,16 +319,16 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
             |s| s.lost_responses > 0,
-        ),
-        case(
+        )),
+        deduped(case(
             "20% of connections reset",
             Faults {
                 reset_probability: 0.2,
                 ..Default::default()
             },
             |s| s.dropped_connections > 0,
-        ),
-        case(
+        )),
+        deduped(case(
             "endpoint down for 1 s",
             Faults {
                 down_from_ms: Some(300),
@@ -306,8 +336,8 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
             |s| s.dropped_connections > 0,
-        ),
-        case(
+        )),
+        deduped(case(
             "split at 500 ms",
             Faults {
                 reshard: Some(Reshard {
@@ -317,8 +347,8 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
             |s| s.reshards == 1,
-        ),
-        case(
+        )),
+        deduped(case(
             "merge at 500 ms",
             Faults {
                 reshard: Some(Reshard {
@@ -328,7 +358,7 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
             |s| s.reshards == 1,
-        ),
+        )),
         Case {
             records: 10_240,
             size: 1_024,
@@ -348,7 +378,7 @@ fn cases() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix() {
     let mut table = String::from(
-        "| fault | records in | acked | failed | duplicates | lost | throttled entries | retries | Kinesis records put | entries passed to the store | time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | records in | acked | failed | duplicates | duplicates dropped by dedup ids | lost | throttled entries | retries | Kinesis records put | entries passed to the store | time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cases() {
         let name = c.name;
@@ -372,12 +402,13 @@ async fn fault_matrix() {
         };
         writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
             row.name,
             row.records,
             row.acked,
             failed,
             row.duplicates,
+            row.deduped.map_or("-".to_owned(), |n| n.to_string()),
             row.lost,
             row.throttled,
             row.retries,
