@@ -19,5 +19,13 @@ run p4-zstd --shards 4 --payload json-logs --record-size 200-300 --compression z
 run p4-plain --shards 4 --payload json-logs --record-size 200-300
 run p5-half --shards 4 --rate 20000 --record-size 100
 run p5-overload --shards 2 --record-size 1000 --max-outstanding-bytes 33554432
+# Issue 6: strict ordering's cost, dedup ids' overhead, a dictionary's gain on small records.
+run p6-default --shards 4 --record-size 100
+run p6-strict --shards 4 --record-size 100 --strict-ordering
+run p6-dedup --shards 4 --record-size 100 --dedup-ids
+"$kpl" bench --payload json-logs --record-size 200-300 --seed 9 --print-records 20000 > "$out/dict-samples.txt"
+"$kpl" dict train "$out/dict-samples.txt" -o "$out/json-logs.dict" --report "$out/dict.json" 2>"$out/dict.txt"
+run p6-small-zstd --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd
+run p6-small-dict --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd --zstd-dict "$out/json-logs.dict"
 python3 scripts/benchmarks_md.py "$out" "$secs" > BENCHMARKS.md
 echo "BENCHMARKS.md written"

@@ -125,3 +125,44 @@ In the 64-shard P2 run the embedded simulator absorbed everything the producer s
 and the two cores (shared by producer and simulator) were the limit. P3 (CPU per million
 records against aiokpl) is not measured yet: see issue 5's note.
 """)
+
+# Issue 6: what the opt-in features cost and gain, side by side in this run.
+d6, s6, i6 = bench("p6-default"), bench("p6-strict"), bench("p6-dedup")
+dict_report = json.load(open(os.path.join(out, "dict.json")))
+z6, k6 = bench("p6-small-zstd"), bench("p6-small-dict")
+
+
+def kib_per_user(r):
+    return r["kinesis_bytes_put"] / max(r["user_records_put"], 1)
+
+
+print(f"""## Beyond the KPL (issue 6): strict ordering, dedup ids, dictionaries
+
+`kpl bench`, embedded simulator with shard limits, 4 shards, closed loop, 100-byte random
+records unless said otherwise.
+
+| run | user records/s | byte utilization | throttled entries | Kinesis bytes per user record | p99 latency |
+|---|---|---|---|---|---|""")
+for r, label in ((d6, "default"), (s6, "--strict-ordering"), (i6, "--dedup-ids")):
+    d = r["during_load"]
+    print(f"| {label} | {d['user_records_per_second']:.0f} | {pct(d['byte_utilization'])} | {pct(r['throttled_fraction'])} | "
+          f"{kib_per_user(r):.1f} | {r['latency_ms']['p99']:.0f} ms |")
+cost = s6["during_load"]["user_records_per_second"] / max(d6["during_load"]["user_records_per_second"], 1)
+over = kib_per_user(i6) / max(kib_per_user(d6), 1e-9)
+print(f"""
+- Strict ordering (one Kinesis record per shard in flight, a failed one blocks its shard)
+  moves **{cost:.2f}x** the default's user records/s here. Each shard then carries one
+  aggregate per round trip, so the cost grows with the round-trip time to Kinesis.
+- Dedup ids cost **{over:.2f}x** the Kinesis bytes per user record (a ~32-byte tag on each
+  100-byte record, before compression).
+
+Dictionary on small records: `kpl dict train` on {dict_report['training_records']} json-logs records of 200-300 bytes
+(`kpl bench --print-records`), measured on {dict_report['held_out_records']} held-out records, each compressed alone at zstd
+level {dict_report['level']}: ratio **{dict_report['ratio_without_dictionary']:.2f}x** without the dictionary, **{dict_report['ratio_with_dictionary']:.2f}x** with it
+({dict_report['bytes_without_dictionary'] / dict_report['bytes_with_dictionary']:.2f}x fewer bytes). End to end, aggregation off (one record per Kinesis record):
+
+| compression | user MiB/s per shard | Kinesis bytes per user record | byte utilization |
+|---|---|---|---|""")
+for r, label in ((z6, "zstd level 1"), (k6, "zstd level 1 + dictionary")):
+    d = r["during_load"]
+    print(f"| {label} | {d['user_mib_per_shard_second']:.2f} | {kib_per_user(r):.0f} | {pct(d['byte_utilization'])} |")

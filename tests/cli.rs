@@ -270,3 +270,111 @@ async fn a_missing_stream_or_a_dead_endpoint_ends_fast_with_exit_2() {
     );
     assert!(start.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_dictionary_and_dedup_ids_round_trip_through_lost_answers() {
+    use kpl::sim::{Faults, Sim, SimConfig};
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-dict");
+    std::fs::create_dir_all(&dir).unwrap();
+    let samples = dir.join("samples.txt");
+    let dict = dir.join("logs.dict");
+    std::fs::write(&samples, json_lines(5_000)).unwrap();
+    let train = kpl(
+        &[
+            "dict",
+            "train",
+            samples.to_str().unwrap(),
+            "-o",
+            dict.to_str().unwrap(),
+            "--max-size",
+            "8192",
+        ],
+        b"",
+    );
+    assert!(train.status.success(), "{}", stderr(&train));
+    assert!(stderr(&train).contains("with it"), "{}", stderr(&train));
+
+    let sim = Sim::start(SimConfig {
+        seed: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.create_stream("d", 2).await.unwrap();
+    // A fifth of the calls are stored but their answer never comes: kpl put resends them.
+    sim.set_faults(Faults {
+        stream: Some("d".into()),
+        lost_response_probability: 0.2,
+        hang_ms: 1_500,
+        ..Default::default()
+    });
+    let input = json_lines(2_000);
+    let endpoint = sim.endpoint().to_owned();
+    let dict_arg = dict.to_str().unwrap().to_owned();
+    let put = tokio::task::spawn_blocking({
+        let (endpoint, dict_arg, input) = (endpoint.clone(), dict_arg.clone(), input.clone());
+        move || {
+            kpl(
+                &[
+                    "put",
+                    "--stream",
+                    "d",
+                    "--endpoint-url",
+                    &endpoint,
+                    "--no-aggregation",
+                    "--zstd-dict",
+                    &dict_arg,
+                    "--dedup-ids",
+                    "--request-timeout",
+                    "400ms",
+                    "--max-buffered-time",
+                    "20ms",
+                ],
+                &input,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(sim.stats().lost_responses > 0, "the fault fired");
+    sim.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+
+    let cat = |extra: &[&str]| {
+        let mut args = vec!["cat", "--stream", "d", "--endpoint-url", &endpoint];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kpl(&args, b"")
+        })
+    };
+    let deduped = cat(&["--zstd-dict", &dict_arg, "--dedup"]).await.unwrap();
+    assert!(deduped.status.success(), "{}", stderr(&deduped));
+    assert_eq!(
+        multiset(&deduped.stdout),
+        multiset(&input),
+        "exactly the input"
+    );
+    assert!(
+        !stderr(&deduped).contains("; 0 duplicates dropped"),
+        "{}",
+        stderr(&deduped)
+    );
+    let raw = cat(&["--zstd-dict", &dict_arg]).await.unwrap();
+    let raw_lines = raw
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert!(raw_lines > 2_000, "duplicates without --dedup: {raw_lines}");
+    // Without the dictionary the records are reported, not skipped silently.
+    let no_dict = cat(&[]).await.unwrap();
+    assert_eq!(no_dict.status.code(), Some(1), "{}", stderr(&no_dict));
+    assert!(
+        stderr(&no_dict).contains("needs zstd dictionary"),
+        "{}",
+        stderr(&no_dict)
+    );
+}

@@ -113,6 +113,43 @@ fn aws_kinesis_agg_reads_what_kpl_writes() {
 }
 
 #[test]
+fn aws_kinesis_agg_reads_records_tagged_with_dedup_ids_unchanged() {
+    let records = random_records(2, 500);
+    let mut b = AggregateBuilder::new(AggregateLimits {
+        max_bytes: 4_000,
+        max_count: usize::MAX,
+    });
+    let mut kinesis = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let id = kpl::dedup::DedupId {
+            producer: 77,
+            seq: i as u64,
+        }
+        .to_string();
+        let tags = [(kpl::dedup::DEDUP_TAG_KEY, Some(id.as_str()))];
+        // Every 50th record alone: a one-record aggregate (tags cannot ride on raw data).
+        if i % 50 == 0 || b.try_push_tagged(r, r.hash_key(), &tags).is_err() {
+            kinesis.extend(b.finish());
+            b.try_push_tagged(r, r.hash_key(), &tags).unwrap();
+            if i % 50 == 0 {
+                kinesis.extend(b.finish());
+            }
+        }
+    }
+    kinesis.extend(b.finish());
+    assert!(kinesis.iter().any(|k| k.user_records == 1));
+    let read = python("agg_read.py", &[], &as_lines(&kinesis));
+    assert_eq!(read.len(), records.len());
+    for (r, v) in records.iter().zip(&read) {
+        assert_eq!(v["pk"], r.partition_key.as_str());
+        assert_eq!(
+            STANDARD.decode(v["data"].as_str().unwrap()).unwrap(),
+            r.data
+        );
+    }
+}
+
+#[test]
 fn kpl_reads_what_aws_kinesis_agg_writes() {
     let records = random_records(2, 3_000);
     let input: String = records

@@ -208,7 +208,11 @@ async fn run(c: Case) -> Row {
         let mut deduper = Deduper::new(1 << 20);
         let mut kept: HashMap<String, usize> = HashMap::new();
         for r in &read {
-            assert!(r.record.dedup_id().is_some(), "{}: a record without id", c.name);
+            assert!(
+                r.record.dedup_id().is_some(),
+                "{}: a record without id",
+                c.name
+            );
             if deduper.keep(&r.record) {
                 let id = String::from_utf8(r.record.data[..8].to_vec()).unwrap();
                 *kept.entry(id).or_default() += 1;

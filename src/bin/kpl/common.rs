@@ -66,6 +66,10 @@ pub struct ProducerArgs {
     /// duplicates (`kpl cat --dedup`).
     #[arg(long)]
     pub dedup_ids: bool,
+    /// Store each shard's (so each key's) records in input order, even under throttling and
+    /// retries: one Kinesis record per shard in flight (slower; see BENCHMARKS.md).
+    #[arg(long)]
+    pub strict_ordering: bool,
     /// Longest a record waits to be batched (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub max_buffered_time: Duration,
@@ -115,6 +119,7 @@ impl ProducerArgs {
             aggregation_max_size: self.aggregation_max_size,
             compression,
             dedup_ids: self.dedup_ids,
+            strict_ordering: self.strict_ordering,
             record_max_buffered_time: self.max_buffered_time,
             rate_limit_percent: self.rate_limit,
             rate_limit_enabled: !self.no_rate_limit,
