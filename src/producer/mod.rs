@@ -55,7 +55,7 @@ use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY};
 use crate::limits::DEFAULT_MAX_RECORD_BYTES;
 use crate::producer::aggregator::Aggregator;
 use crate::producer::pipeline::{Input, Pipeline};
-use crate::producer::record::{BufferPermit, PendingRecord};
+use crate::producer::record::{BufferRoom, PendingRecord};
 use crate::producer::shard_map::{ShardMap, ShardMapError};
 use crate::record::{RecordError, UserRecord};
 
@@ -105,8 +105,7 @@ pub struct Producer {
 
 struct Shared {
     input: mpsc::UnboundedSender<Input>,
-    records: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
+    room: Arc<BufferRoom>,
     max_record_bytes: usize,
     max_outstanding_bytes: u32,
     dedup_producer: Option<u64>,
@@ -208,8 +207,10 @@ impl Producer {
             dedup_producer,
         );
         let metrics = Arc::new(metrics::Metrics::new(&stream.to_string()));
-        let records = Arc::new(Semaphore::new(config.max_outstanding_records));
-        let bytes = Arc::new(Semaphore::new(config.max_outstanding_bytes));
+        let room = Arc::new(BufferRoom {
+            records: Semaphore::new(config.max_outstanding_records),
+            bytes: Semaphore::new(config.max_outstanding_bytes),
+        });
         let max_outstanding_bytes = config.max_outstanding_bytes as u32;
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (pipeline, done_rx, map_rx) = Pipeline::new(
@@ -220,13 +221,13 @@ impl Producer {
             map,
             aggregator,
             dedup_producer,
+            room.clone(),
         );
         let task = tokio::spawn(pipeline.run(input_rx, done_rx, map_rx));
         Ok(Producer {
             shared: Arc::new(Shared {
                 input: input_tx,
-                records,
-                bytes,
+                room,
                 max_record_bytes,
                 max_outstanding_bytes,
                 dedup_producer,
@@ -248,11 +249,13 @@ impl Producer {
             return Err(SendError { reason, record });
         }
         let needed = self.bytes_needed(&record);
-        let permit = match (
-            self.shared.records.clone().acquire_owned().await,
-            self.shared.bytes.clone().acquire_many_owned(needed).await,
-        ) {
-            (Ok(r), Ok(b)) => BufferPermit::new(r, b),
+        let room = &self.shared.room;
+        match (room.records.acquire().await, room.bytes.acquire_many(needed).await) {
+            (Ok(r), Ok(b)) => {
+                // The pipeline gives the room back when the record resolves.
+                r.forget();
+                b.forget();
+            }
             _ => {
                 return Err(SendError {
                     reason: SendErrorReason::Closed,
@@ -260,7 +263,7 @@ impl Producer {
                 });
             }
         };
-        self.enqueue(record, permit)
+        self.enqueue(record, needed)
     }
 
     /// Queues `record` if there is buffer room now; otherwise hands it back with
@@ -274,7 +277,8 @@ impl Producer {
             TryAcquireError::Closed => SendErrorReason::Closed,
             TryAcquireError::NoPermits => SendErrorReason::Full,
         };
-        let records = match self.shared.records.clone().try_acquire_owned() {
+        let room = &self.shared.room;
+        let records = match room.records.try_acquire() {
             Ok(p) => p,
             Err(e) => {
                 return Err(SendError {
@@ -283,8 +287,11 @@ impl Producer {
                 });
             }
         };
-        let bytes = match self.shared.bytes.clone().try_acquire_many_owned(needed) {
-            Ok(p) => p,
+        match room.bytes.try_acquire_many(needed) {
+            Ok(bytes) => {
+                records.forget();
+                bytes.forget();
+            }
             Err(e) => {
                 return Err(SendError {
                     reason: to_reason(e),
@@ -292,7 +299,7 @@ impl Producer {
                 });
             }
         };
-        self.enqueue(record, BufferPermit::new(records, bytes))
+        self.enqueue(record, needed)
     }
 
     /// Sends everything accepted so far without waiting for aggregates or calls to fill, and
@@ -308,8 +315,8 @@ impl Producer {
     /// every record has resolved. Idempotent; every clone sees the producer closed.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.records.close();
-        self.shared.bytes.close();
+        self.shared.room.records.close();
+        self.shared.room.bytes.close();
         let (tx, rx) = oneshot::channel();
         if self.shared.input.send(Input::Shutdown(tx)).is_ok() {
             let _ = rx.await;
@@ -371,14 +378,18 @@ impl Producer {
         (record.billed_bytes() as u64).clamp(1, u64::from(self.shared.max_outstanding_bytes)) as u32
     }
 
-    fn enqueue(&self, record: UserRecord, permit: BufferPermit) -> Result<RecordFuture, SendError> {
-        let (pending, future) = PendingRecord::new(record, Instant::now(), Some(permit));
+    /// Hands a record holding one record's and `held_bytes` bytes' room to the pipeline.
+    fn enqueue(&self, record: UserRecord, held_bytes: u32) -> Result<RecordFuture, SendError> {
+        let (pending, future) = PendingRecord::new(record, Instant::now(), held_bytes);
         match self.shared.input.send(Input::Record(pending)) {
             Ok(()) => Ok(future),
-            Err(mpsc::error::SendError(Input::Record(pending))) => Err(SendError {
-                reason: SendErrorReason::Closed,
-                record: pending.record,
-            }),
+            Err(mpsc::error::SendError(Input::Record(pending))) => {
+                self.shared.room.release(1, held_bytes as usize);
+                Err(SendError {
+                    reason: SendErrorReason::Closed,
+                    record: pending.record,
+                })
+            }
             Err(_) => unreachable!("a record was sent"),
         }
     }

@@ -24,7 +24,7 @@ use crate::producer::config::ProducerConfig;
 use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
-use crate::producer::record::{AttemptError, CallAttempt, PendingRecord, Receipt};
+use crate::producer::record::{AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt};
 use crate::producer::retrier::{
     EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
     wrong_shard_error,
@@ -97,6 +97,10 @@ pub(crate) struct Pipeline {
     next_seq: u64,
     /// Set when user records carry dedup ids.
     dedup_producer: Option<u64>,
+    /// The buffer room `send` takes; given back in bulk after each event.
+    room: Arc<BufferRoom>,
+    /// Records and bytes resolved since the room was last given back.
+    to_release: (usize, usize),
 
     finished: Vec<KinesisRecordOut>,
     expired: Vec<KinesisRecordOut>,
@@ -120,6 +124,7 @@ impl Pipeline {
         map: ShardMap,
         aggregator: Aggregator,
         dedup_producer: Option<u64>,
+        room: Arc<BufferRoom>,
     ) -> (
         Self,
         mpsc::UnboundedReceiver<Completed>,
@@ -160,6 +165,8 @@ impl Pipeline {
             outstanding: 0,
             next_seq: 0,
             dedup_producer,
+            room,
+            to_release: (0, 0),
             finished: Vec::new(),
             expired: Vec::new(),
             misplaced: Vec::new(),
@@ -201,6 +208,8 @@ impl Pipeline {
                 _ = sleep_until(wake) => {}
             }
             self.advance(Instant::now());
+            let (records, bytes) = std::mem::take(&mut self.to_release);
+            self.room.release(records, bytes);
             if self.closing && self.outstanding == 0 {
                 break;
             }
@@ -708,7 +717,7 @@ impl Pipeline {
             user_bytes += user.record.billed_bytes() as u64;
             let retries = (user.attempts.len() + record.attempts.len()).saturating_sub(1);
             self.metrics.retries_per_record(retries as u64);
-            self.settle(user.epoch);
+            self.settle(user.epoch, user.held_bytes);
             // A caller that dropped the future gets no receipt: the record is stored all the
             // same, and building one for nobody is most of the per-record cost of resolving.
             if user.reply.is_closed() {
@@ -753,7 +762,7 @@ impl Pipeline {
 
     fn fail_user(&mut self, user: PendingRecord, reason: FailureReason) {
         self.metrics.failed(1);
-        self.settle(user.epoch);
+        self.settle(user.epoch, user.held_bytes);
         let failure = RecordFailure {
             reason,
             attempts: user.attempts,
@@ -762,9 +771,13 @@ impl Pipeline {
         let _ = user.reply.send(Err(Box::new(failure)));
     }
 
-    /// One record of `epoch` resolved.
-    fn settle(&mut self, epoch: u64) {
+    /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.
+    fn settle(&mut self, epoch: u64, held_bytes: u32) {
         self.outstanding -= 1;
+        if held_bytes > 0 {
+            self.to_release.0 += 1;
+            self.to_release.1 += held_bytes as usize;
+        }
         let slot = (epoch - self.epoch_base) as usize;
         self.epochs[slot] -= 1;
     }

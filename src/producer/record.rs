@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::dedup::DedupId;
@@ -112,18 +112,23 @@ impl Future for RecordFuture {
     }
 }
 
-/// The buffer room one record holds, returned when it is dropped.
+/// The producer's buffer room: records and bytes accepted by `send` and not yet resolved.
+/// `send` takes room and forgets the permits; the pipeline gives room back when records
+/// resolve, in bulk once per event (one semaphore release per batch, not two per record).
 #[derive(Debug)]
-pub(crate) struct BufferPermit {
-    _records: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+pub(crate) struct BufferRoom {
+    pub records: Semaphore,
+    pub bytes: Semaphore,
 }
 
-impl BufferPermit {
-    pub(crate) fn new(records: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        BufferPermit {
-            _records: records,
-            _bytes: bytes,
+impl BufferRoom {
+    /// Gives back the room of `records` records holding `bytes` bytes.
+    pub(crate) fn release(&self, records: usize, bytes: usize) {
+        if records > 0 {
+            self.records.add_permits(records);
+        }
+        if bytes > 0 {
+            self.bytes.add_permits(bytes);
         }
     }
 }
@@ -144,7 +149,8 @@ pub(crate) struct PendingRecord {
     /// Its number in this producer, in the order the pipeline received it: with the
     /// producer id, its dedup id.
     pub seq: u64,
-    pub _permit: Option<BufferPermit>,
+    /// Buffer room it holds: one record and this many bytes (0: none, e.g. in unit tests).
+    pub held_bytes: u32,
 }
 
 impl PendingRecord {
@@ -152,7 +158,7 @@ impl PendingRecord {
     pub(crate) fn new(
         record: UserRecord,
         received: Instant,
-        permit: Option<BufferPermit>,
+        held_bytes: u32,
     ) -> (PendingRecord, RecordFuture) {
         let (tx, rx) = oneshot::channel();
         let hash_key = record.explicit_hash_key.unwrap_or_default();
@@ -165,7 +171,7 @@ impl PendingRecord {
                 attempts: Vec::new(),
                 epoch: 0,
                 seq: 0,
-                _permit: permit,
+                held_bytes,
             },
             RecordFuture { rx },
         )
