@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: criterion benches (codec, pipeline) and kpl bench runs against the
-# embedded simulator with shard limits, all in one run on this machine.
+# embedded simulator with shard limits, and P3 (CPU per record against PyPI aiokpl, both on one
+# kinesalite: scripts/p3.py), all in one run on this machine.
 # KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run.
+# P3_RECORDS (default 40000) sets how many records aiokpl puts (~200 CPU s per million).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${KPL_BENCH_SECONDS:-20}
@@ -19,5 +21,9 @@ run p4-zstd --shards 4 --payload json-logs --record-size 200-300 --compression z
 run p4-plain --shards 4 --payload json-logs --record-size 200-300
 run p5-half --shards 4 --rate 20000 --record-size 100
 run p5-overload --shards 2 --record-size 1000 --max-outstanding-bytes 33554432
+scripts/setup-node.sh
+scripts/setup-aiokpl.sh
+.venv-bench/bin/python scripts/p3.py --records "${P3_RECORDS:-40000}" --kpl-seconds "$secs" \
+  --kpl "$kpl" --out "$out/p3.json" 2>"$out/p3.txt" || { cat "$out/p3.txt" >&2; exit 1; }
 python3 scripts/benchmarks_md.py "$out" "$secs" > BENCHMARKS.md
 echo "BENCHMARKS.md written"
