@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: criterion benches (codec, pipeline) and kpl bench runs against the
-# embedded simulator with shard limits, all in one run on this machine.
+# embedded simulator with shard limits, and P3 (CPU per record against PyPI aiokpl, both on one
+# kinesalite: scripts/p3.py), all in one run on this machine.
 # KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run.
+# P3_RECORDS (default 40000) sets how many records aiokpl puts (~200 CPU s per million).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${KPL_BENCH_SECONDS:-20}
@@ -27,5 +29,9 @@ run p6-dedup --shards 4 --record-size 100 --dedup-ids
 "$kpl" dict train "$out/dict-samples.txt" -o "$out/json-logs.dict" --report "$out/dict.json" 2>"$out/dict.txt"
 run p6-small-zstd --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd
 run p6-small-dict --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd --zstd-dict "$out/json-logs.dict"
+scripts/setup-node.sh
+scripts/setup-aiokpl.sh
+.venv-bench/bin/python scripts/p3.py --records "${P3_RECORDS:-40000}" --kpl-seconds "$secs" \
+  --kpl "$kpl" --out "$out/p3.json" 2>"$out/p3.txt" || { cat "$out/p3.txt" >&2; exit 1; }
 python3 scripts/benchmarks_md.py "$out" "$secs" > BENCHMARKS.md
 echo "BENCHMARKS.md written"
