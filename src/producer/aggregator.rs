@@ -95,7 +95,14 @@ pub(crate) struct Aggregator {
     last_len: usize,
     /// Tag each user record with its dedup id under this producer id.
     dedup_producer: Option<u64>,
+    /// Emptied user-record lists of resolved Kinesis records, reused: an aggregate's list is
+    /// tens of kilobytes, and a fresh one per aggregate cost more in malloc and cold memory
+    /// than filling it.
+    spare_lists: Vec<Vec<PendingRecord>>,
 }
+
+/// Lists kept for reuse.
+const MAX_SPARE_LISTS: usize = 64;
 
 impl Aggregator {
     /// `limits.max_count == 1` turns aggregation off: every record is its own Kinesis record.
@@ -107,6 +114,7 @@ impl Aggregator {
     ) -> Self {
         Aggregator {
             dedup_producer,
+            spare_lists: Vec::new(),
             limits,
             max_buffered_time,
             compressor,
@@ -153,7 +161,10 @@ impl Aggregator {
         push_into(&mut builder, &record, dedup).expect("an empty aggregate accepts any record");
         let deadline = record.received + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
-        let mut records = Vec::with_capacity(self.last_len.min(self.limits.max_count));
+        let mut records = self
+            .spare_lists
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.last_len.min(self.limits.max_count)));
         records.push(record);
         let open = Open {
             builder,
@@ -169,6 +180,14 @@ impl Aggregator {
         }
         self.deadlines.insert((deadline, key));
         self.open.insert(key, open);
+    }
+
+    /// Takes back an emptied user-record list for reuse.
+    pub fn recycle(&mut self, mut list: Vec<PendingRecord>) {
+        list.clear();
+        if self.spare_lists.len() < MAX_SPARE_LISTS && list.capacity() > 0 {
+            self.spare_lists.push(list);
+        }
     }
 
     /// Finishes aggregates whose oldest record has waited the max buffered time.

@@ -13,7 +13,12 @@ pub(crate) struct Collector {
     batch: Vec<KinesisRecordOut>,
     bytes: usize,
     deadline: Option<Instant>,
+    /// Emptied call lists, reused (500 entries each).
+    spare: Vec<Vec<KinesisRecordOut>>,
 }
+
+/// Call lists kept for reuse.
+const MAX_SPARE: usize = 32;
 
 impl Collector {
     pub fn new(max_count: usize, max_bytes: usize) -> Self {
@@ -23,6 +28,15 @@ impl Collector {
             batch: Vec::with_capacity(max_count),
             bytes: 0,
             deadline: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back an emptied call list for reuse.
+    pub fn recycle(&mut self, mut list: Vec<KinesisRecordOut>) {
+        list.clear();
+        if self.spare.len() < MAX_SPARE && list.capacity() >= self.max_count {
+            self.spare.push(list);
         }
     }
 
@@ -65,6 +79,10 @@ impl Collector {
     pub fn take(&mut self) -> Vec<KinesisRecordOut> {
         self.bytes = 0;
         self.deadline = None;
-        std::mem::replace(&mut self.batch, Vec::with_capacity(self.max_count))
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.max_count));
+        std::mem::replace(&mut self.batch, next)
     }
 }

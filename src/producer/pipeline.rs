@@ -436,12 +436,12 @@ impl Pipeline {
     }
 
     fn on_completed(&mut self, completed: Completed) {
-        let Some(call) = self.sender.complete(completed.id) else {
+        let Some(mut call) = self.sender.complete(completed.id) else {
             return;
         };
+        let mut calls = std::mem::take(&mut call.records);
         let now = Instant::now();
-        self.metrics
-            .request_time(completed.elapsed, call.records.len());
+        self.metrics.request_time(completed.elapsed, calls.len());
         let attempt = |error: Option<AttemptError>| CallAttempt {
             started: call.started,
             duration: completed.elapsed,
@@ -451,8 +451,8 @@ impl Pipeline {
             Err(error) => {
                 let (error, retryable) = classify_call_error(&error);
                 tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
-                self.metrics.error(&error.code, call.records.len());
-                for mut record in call.records {
+                self.metrics.error(&error.code, calls.len());
+                for mut record in calls.drain(..) {
                     record.attempts.push(attempt(Some(error.clone())));
                     if retryable {
                         self.retry(record, now);
@@ -461,17 +461,17 @@ impl Pipeline {
                     }
                 }
             }
-            Ok(results) if results.len() != call.records.len() => {
-                let error = mismatch_error(call.records.len(), results.len());
+            Ok(results) if results.len() != calls.len() => {
+                let error = mismatch_error(calls.len(), results.len());
                 tracing::warn!(stream = %self.stream, "{}", error.message);
-                self.metrics.error(&error.code, call.records.len());
-                for mut record in call.records {
+                self.metrics.error(&error.code, calls.len());
+                for mut record in calls.drain(..) {
                     record.attempts.push(attempt(Some(error.clone())));
                     self.retry(record, now);
                 }
             }
             Ok(results) => {
-                for (mut record, result) in call.records.into_iter().zip(results) {
+                for (mut record, result) in calls.drain(..).zip(results) {
                     match classify_entry(result, &record) {
                         EntryOutcome::Stored {
                             shard_id,
@@ -521,6 +521,7 @@ impl Pipeline {
                 }
             }
         }
+        self.collector.recycle(calls);
     }
 
     /// Attempts made so far for `record`'s user records (the most any of them had).
@@ -713,7 +714,8 @@ impl Pipeline {
         self.release(&mut record);
         let user_records = record.records.len() as u64;
         let mut user_bytes = 0u64;
-        for (index, user) in record.records.into_iter().enumerate() {
+        let mut users = std::mem::take(&mut record.records);
+        for (index, user) in users.drain(..).enumerate() {
             user_bytes += user.record.billed_bytes() as u64;
             let retries = (user.attempts.len() + record.attempts.len()).saturating_sub(1);
             self.metrics.retries_per_record(retries as u64);
@@ -741,6 +743,7 @@ impl Pipeline {
         self.metrics
             .record_put(user_records, user_bytes, 1, kinesis_bytes);
         self.metrics.shard_put(&shard_id, kinesis_bytes);
+        self.aggregator.recycle(users);
     }
 
     fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {

@@ -20,6 +20,10 @@ mod sim;
 #[derive(Parser, Debug)]
 #[command(name = "kpl", version, about, long_about = None)]
 struct Cli {
+    /// Threads that run the producer, the AWS client and everything else: 1 runs all on the
+    /// calling thread (least CPU per record); default: one per core (most throughput).
+    #[arg(long, global = true, value_name = "N", env = "KPL_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +61,17 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kpl: cannot start the async runtime: {e}");
