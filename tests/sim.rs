@@ -84,6 +84,32 @@ async fn one_shard_takes_about_1000_records_a_second_and_throttles_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_limit_counts_partition_key_plus_data_as_aws_does() {
+    let sim = sim(true, 1).await;
+    let c = client(&sim, 5_000).await;
+    // 256-byte keys + 9 744 bytes of data: 10 000 bytes each as AWS counts; 104 fit in 1 MiB
+    // (counting data alone, 107 would).
+    let entry = |i: usize| PutRecordsEntry {
+        partition_key: format!("{i:0>256}"),
+        explicit_hash_key: None,
+        data: format!("{i:08}{}", "x".repeat(9_736)).into(),
+    };
+    let mut ok = 0;
+    for call in 0..2 {
+        let batch: Vec<_> = (call * 60..call * 60 + 60).map(entry).collect();
+        ok += c
+            .put_records(&stream(), batch)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r, PutRecordsResultEntry::Stored { .. }))
+            .count();
+    }
+    assert_eq!(ok, 104);
+    assert_eq!(sim.stats().limit_throttled, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_entries_are_really_not_stored() {
     let sim = sim(false, 2).await;
     sim.set_faults(Faults {

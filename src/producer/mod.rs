@@ -250,7 +250,10 @@ impl Producer {
         }
         let needed = self.bytes_needed(&record);
         let room = &self.shared.room;
-        match (room.records.acquire().await, room.bytes.acquire_many(needed).await) {
+        match (
+            room.records.acquire().await,
+            room.bytes.acquire_many(needed).await,
+        ) {
             (Ok(r), Ok(b)) => {
                 // The pipeline gives the room back when the record resolves.
                 r.forget();

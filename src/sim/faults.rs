@@ -95,6 +95,8 @@ pub struct SimStats {
     pub dropped_connections: u64,
     /// Reshards performed.
     pub reshards: u64,
+    /// Entries refused by the shard write limits (not faults).
+    pub limit_throttled: u64,
 }
 
 /// What to do with one request.

@@ -14,7 +14,10 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
+use ferrokinesis::store::Store;
+
 use crate::sim::faults::{Decision, FaultState, Faults, RequestFault};
+use crate::sim::limits::{ShardLimits, charge, open_shards};
 
 /// Largest request body read (PutRecords carries at most 5 MiB of data, base64 in JSON; a
 /// 10 MiB record on a large-record stream is ~14 MB): the store's own checks answer the rest.
@@ -25,6 +28,10 @@ const JSON: &str = "application/x-amz-json-1.1";
 pub(crate) struct Shared {
     pub state: Mutex<FaultState>,
     pub endpoint: String,
+    /// The store, for the shard ranges the limits need.
+    pub store: Store,
+    /// Shard write limits, when enforced.
+    pub limits: Option<Mutex<ShardLimits>>,
 }
 
 impl Shared {
@@ -135,16 +142,19 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Request::from_parts(parts, Body::from(bytes))
     };
-    if !targeted {
+    let enforce = shared.limits.is_some();
+    if !targeted && !enforce {
         return next.run(rebuild(bytes)).await;
     }
-    if !latency.is_zero() {
+    if targeted && !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let decision = {
+    let decision = if targeted {
         let mut s = shared.lock();
         s.stats.put_requests += 1;
         s.decide_request()
+    } else {
+        Decision::Pass
     };
     match decision {
         Decision::Error(fault) => return error_response(&fault),
@@ -176,12 +186,19 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
     let Some(mut body) = parsed else {
         return next.run(rebuild(bytes)).await;
     };
+    let stream = stream_of(&body).map(str::to_owned);
     if !batch {
-        let fate = {
+        let mut fates = if targeted {
             let mut s = shared.lock();
             s.stats.entries_seen += 1;
-            s.decide_entries(1).pop().flatten()
+            s.decide_entries(1)
+        } else {
+            vec![None]
         };
+        if let Some(stream) = &stream {
+            apply_limits(shared, stream, std::slice::from_ref(&body), &mut fates).await;
+        }
+        let fate = fates.pop().flatten();
         return match fate {
             Some(code) => error_response(&RequestFault {
                 code,
@@ -189,7 +206,9 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
                 probability: 1.0,
             }),
             None => {
-                shared.lock().stats.entries_forwarded += 1;
+                if targeted {
+                    shared.lock().stats.entries_forwarded += 1;
+                }
                 next.run(rebuild(bytes)).await
             }
         };
@@ -198,13 +217,20 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
         Some(entries) => std::mem::take(entries),
         None => return next.run(rebuild(bytes)).await,
     };
-    let fates = {
+    let mut fates = if targeted {
         let mut s = shared.lock();
         s.stats.entries_seen += entries.len() as u64;
-        let fates = s.decide_entries(entries.len());
-        s.stats.entries_forwarded += fates.iter().filter(|f| f.is_none()).count() as u64;
-        fates
+        s.decide_entries(entries.len())
+    } else {
+        vec![None; entries.len()]
     };
+    if let Some(stream) = &stream {
+        apply_limits(shared, stream, &entries, &mut fates).await;
+    }
+    if targeted {
+        shared.lock().stats.entries_forwarded +=
+            fates.iter().filter(|f| f.is_none()).count() as u64;
+    }
     if fates.iter().all(Option::is_none) {
         return next.run(rebuild(bytes)).await;
     }
@@ -253,6 +279,41 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
         merged.to_string(),
     )
         .into_response()
+}
+
+/// Charges each entry not failed yet to its shard's window; those over the limit fail with
+/// `ProvisionedThroughputExceededException`.
+async fn apply_limits(
+    shared: &Shared,
+    stream: &str,
+    entries: &[Value],
+    fates: &mut [Option<String>],
+) {
+    let Some(limits) = &shared.limits else {
+        return;
+    };
+    let Some(shards) = open_shards(&shared.store, stream).await else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    let mut throttled = 0;
+    {
+        let mut limits = limits.lock().unwrap_or_else(|e| e.into_inner());
+        for (entry, fate) in entries.iter().zip(fates.iter_mut()) {
+            if fate.is_some() {
+                continue;
+            }
+            if let Some(c) = charge(entry, &shards)
+                && !limits.admit(stream, &c.shard, c.bytes, now)
+            {
+                *fate = Some("ProvisionedThroughputExceededException".to_owned());
+                throttled += 1;
+            }
+        }
+    }
+    if throttled > 0 {
+        shared.lock().stats.limit_throttled += throttled;
+    }
 }
 
 /// A listener that drops connections while the endpoint is "down" and at the reset rate.

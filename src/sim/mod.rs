@@ -1,9 +1,10 @@
 //! `kpl sim`: a Kinesis on this machine that enforces shard limits and injects faults.
 //!
 //! The store is [ferrokinesis](https://crates.io/crates/ferrokinesis) embedded as a library
-//! (its axum router, served on 127.0.0.1), with its shard write limits on by default: entries
-//! over 1000 records/s or 1 MiB/s per shard fail with ProvisionedThroughputExceededException,
-//! as on AWS. In front of it sits kpl's fault layer ([`Faults`]): per-entry failures (removed
+//! (its axum router, served on 127.0.0.1), with shard write limits on by default: entries
+//! over 1000 records/s or 1 MiB/s of partition key + data per shard fail with
+//! ProvisionedThroughputExceededException, as on AWS (counted by kpl's layer: ferrokinesis's
+//! own check counts data only). In front of it sits kpl's fault layer ([`Faults`]): per-entry failures (removed
 //! before the store, so a failed entry was really not stored), fatal and 5xx request errors,
 //! latency, hangs, stored-but-lost responses, connection resets, a down period and a reshard
 //! at a given time — seeded, so a run repeats, and changeable while running through
@@ -29,6 +30,7 @@ use crate::hash::HashKey;
 
 pub mod faults;
 mod layer;
+mod limits;
 
 pub use faults::{EntryFault, Faults, RequestFault, Reshard, SimStats};
 
@@ -104,8 +106,10 @@ impl Sim {
             source,
         })?;
         let endpoint = format!("http://{addr}");
-        let (kinesis, _store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
-            enforce_limits: config.enforce_limits,
+        // Shard limits are counted by the layer (partition key + data, as AWS counts them),
+        // not by ferrokinesis (data only).
+        let (kinesis, store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
+            enforce_limits: false,
             shard_limit: config.shard_limit,
             create_stream_ms: 0,
             delete_stream_ms: 0,
@@ -115,6 +119,10 @@ impl Sim {
         let shared = Arc::new(layer::Shared {
             state: Mutex::new(faults::FaultState::new(Faults::default(), config.seed)),
             endpoint: endpoint.clone(),
+            store,
+            limits: config
+                .enforce_limits
+                .then(|| Mutex::new(limits::ShardLimits::default())),
         });
         let app = layer::router(kinesis, shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();

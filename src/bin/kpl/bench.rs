@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use kpl::UserRecord;
 use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
@@ -315,17 +317,30 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
 
     // Receipts are awaited in send order on their own task: latency send -> ack.
-    let (tx, mut rx) = mpsc::channel::<(Instant, RecordFuture)>(65_536);
+    // Receipts are awaited in whatever order they resolve: awaiting them in send order would
+    // hold the load generator behind the slowest record (a throttled one in backoff).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, RecordFuture)>();
     let failed = Arc::new(AtomicU64::new(0));
     let latency = {
         let failed = failed.clone();
         tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-            while let Some((sent, future)) = rx.recv().await {
-                if future.await.is_ok() {
-                    let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+            let mut pending = FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    item = rx.recv(), if open => match item {
+                        Some((sent, future)) => pending.push(async move { (sent, future.await) }),
+                        None => open = false,
+                    },
+                    Some((sent, result)) = pending.next(), if !pending.is_empty() => {
+                        if result.is_ok() {
+                            let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    else => break,
                 }
             }
             hist
@@ -405,7 +420,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match producer.send(record).await {
                     Ok(future) => {
                         offered += 1;
-                        if tx.send((sent, future)).await.is_err() {
+                        if tx.send((sent, future)).is_err() {
                             return Ok(());
                         }
                     }
