@@ -159,7 +159,10 @@ impl Aggregator {
             .pop()
             .unwrap_or_else(|| AggregateBuilder::new(self.limits));
         push_into(&mut builder, &record, dedup).expect("an empty aggregate accepts any record");
-        let deadline = record.received + self.max_buffered_time;
+        // The buffered time counts from when the record reached the pipeline: a record that
+        // waited in a backlog goes into an aggregate that still gets time to fill, instead of
+        // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
+        let deadline = record.received.max(Instant::now()) + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
         let mut records = self
             .spare_lists
