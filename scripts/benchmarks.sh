@@ -2,7 +2,8 @@
 # Regenerates BENCHMARKS.md: criterion benches (codec, pipeline) and kpl bench runs against the
 # embedded simulator with shard limits, and P3 (CPU per record against PyPI aiokpl, both on one
 # kinesalite: scripts/p3.py), all in one run on this machine.
-# KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run.
+# KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run; P2_SECONDS (default 60)
+# that of the three P2 runs.
 # P3_RECORDS (default 40000) sets how many records aiokpl puts (~200 CPU s per million).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +15,11 @@ cargo bench --bench codec 2>&1 | tee "$out/codec.txt" >/dev/null
 cargo bench --bench pipeline 2>&1 | tee "$out/pipeline.txt" >/dev/null
 kpl=target/release/kpl
 run() { name=$1; shift; "$kpl" bench --quiet --duration "${secs}s" --report "$out/$name.json" "$@" 2>"$out/$name.txt"; }
-run p2-1 --shards 1
-run p2-8 --shards 8
-run p2-64 --shards 64
+# P2 asks for 60 s runs (P2_SECONDS).
+p2() { secs=${P2_SECONDS:-60} run "$@"; }
+p2 p2-1 --shards 1 --keys 100000 --max-outstanding-records 5000
+p2 p2-8 --shards 8 --keys 100000 --max-outstanding-records 40000
+p2 p2-64 --shards 64 --keys 100000 --max-outstanding-records 320000
 run p4-zstd --shards 4 --payload json-logs --record-size 200-300 --compression zstd
 run p4-plain --shards 4 --payload json-logs --record-size 200-300
 run p5-half --shards 4 --rate 20000 --record-size 100
@@ -33,5 +36,5 @@ scripts/setup-node.sh
 scripts/setup-aiokpl.sh
 .venv-bench/bin/python scripts/p3.py --records "${P3_RECORDS:-40000}" --kpl-seconds "$secs" \
   --kpl "$kpl" --out "$out/p3.json" 2>"$out/p3.txt" || { cat "$out/p3.txt" >&2; exit 1; }
-python3 scripts/benchmarks_md.py "$out" "$secs" > BENCHMARKS.md
+python3 scripts/benchmarks_md.py "$out" "$secs" "${P2_SECONDS:-60}" > BENCHMARKS.md
 echo "BENCHMARKS.md written"

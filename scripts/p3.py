@@ -222,7 +222,7 @@ def run_aiokpl(server, api, stream, n, seed):
     return r
 
 
-def run_kpl(server, api, kpl, stream, seconds, rate=None):
+def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=()):
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
         cmd = [kpl, "bench", "--quiet", "--endpoint-url", server.endpoint, "--region", REGION,
@@ -230,6 +230,7 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None):
                "--keys", str(KEYS), "--report", report]
         if rate:
             cmd += ["--rate", f"{rate:.0f}"]
+        cmd = [cmd[0], *extra, *cmd[1:]]
         node0 = server.cpu_seconds()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300)
         node = server.cpu_seconds() - node0
@@ -314,7 +315,7 @@ def main():
     try:
         api = client(server.endpoint)
         wait_ready(server, api)
-        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-closed-loop"):
+        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-one-thread", "p3-kpl-closed-loop"):
             create_stream(api, s, args.shards)
         print(f"p3: kinesalite {server.endpoint}, {args.shards} shards; aiokpl {args.records} records...", file=sys.stderr)
         a = run_aiokpl(server, api, "p3-aiokpl", args.records, args.seed)
@@ -323,6 +324,9 @@ def main():
         # The same offered load: aiokpl's achieved rate, for at least as long as aiokpl ran.
         same_seconds = max(args.kpl_seconds, round(a["elapsed_seconds"]))
         k_same = run_kpl(server, api, args.kpl, "p3-kpl-same-rate", same_seconds, rate=a["user_records_per_second"])
+        # aiokpl runs on one thread (asyncio): so can kpl.
+        k_one = run_kpl(server, api, args.kpl, "p3-kpl-one-thread", same_seconds,
+                        rate=a["user_records_per_second"], extra=("--threads", "1"))
         k_closed = run_kpl(server, api, args.kpl, "p3-kpl-closed-loop", args.kpl_seconds)
     finally:
         server.stop()
@@ -337,10 +341,13 @@ def main():
                      "python": sys.version.split()[0], "kpl": kpl_version},
         "aiokpl": a,
         "kpl_same_rate": k_same,
+        "kpl_same_rate_one_thread": k_one,
         "kpl_closed_loop": k_closed,
         "aws_kinesis_agg": g,
         "cpu_ratio_aiokpl_over_kpl_same_rate": a["cpu_seconds_per_million_user_records"]
         / k_same["cpu_seconds_per_million_user_records"],
+        "cpu_ratio_aiokpl_over_kpl_one_thread": a["cpu_seconds_per_million_user_records"]
+        / k_one["cpu_seconds_per_million_user_records"],
         "cpu_ratio_aiokpl_over_kpl_closed_loop": a["cpu_seconds_per_million_user_records"]
         / k_closed["cpu_seconds_per_million_user_records"],
     }

@@ -82,8 +82,9 @@ pub struct ProducerConfig {
     /// Timeout of one PutRecords attempt. Default 6 s.
     pub request_timeout: Duration,
     /// Per-shard rate ceiling, in percent of the shard's 1000 records/s and 1 MiB/s. Default 150
-    /// (the KPL's). Each shard starts just under its real limit and probes up to this ceiling
-    /// while nothing is throttled (see the limiter).
+    /// (the KPL's name and default). Each shard starts at 97 % of its real limit (or this, if
+    /// lower) and probes up to this ceiling while nothing is throttled, but never above the
+    /// published limit, which Kinesis enforces (see the limiter).
     pub rate_limit_percent: u32,
     /// Pace each shard with the limiter. Default on; turn it off only against something that
     /// enforces no shard limits (a benchmark fake), or to measure raw throttling behaviour.

@@ -9,8 +9,8 @@
 //! │ aggregator  one KPL aggregate per shard (per hash key while the map is       │
 //! │             stale); finished when full or after record_max_buffered_time;    │
 //! │             optionally zstd-framed                                           │
-//! │ limiter     per-shard token buckets at rate_limit % of 1000 rec/s, 1 MiB/s;  │
-//! │             throttling slows the shard down (AIMD)                           │
+//! │ limiter     per shard: every sliding second within 97-100 % of 1000 rec/s   │
+//! │             and 1 MiB/s (key + data); throttling slows it down (AIMD)        │
 //! │ collector   PutRecords calls of ≤ 500 entries, ≤ 5 MiB (key + data bytes)    │
 //! │ sender      ≤ max_concurrent_requests calls, each ≤ request_timeout ─────────┼──► Kinesis
 //! │ retrier     per entry: stored ─► receipts; wrong shard ─► refresh the map,   │
