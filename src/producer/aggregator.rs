@@ -185,6 +185,11 @@ impl Aggregator {
         self.open.insert(key, open);
     }
 
+    /// The producer id of the dedup ids it writes, if it writes them.
+    pub fn dedup_producer(&self) -> Option<u64> {
+        self.dedup_producer
+    }
+
     /// Takes back an emptied user-record list for reuse.
     pub fn recycle(&mut self, mut list: Vec<PendingRecord>) {
         list.clear();

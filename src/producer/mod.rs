@@ -220,7 +220,6 @@ impl Producer {
             metrics.clone(),
             map,
             aggregator,
-            dedup_producer,
             room.clone(),
         );
         let task = tokio::spawn(pipeline.run(input_rx, done_rx, map_rx));

@@ -123,7 +123,6 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         map: ShardMap,
         aggregator: Aggregator,
-        dedup_producer: Option<u64>,
         room: Arc<BufferRoom>,
     ) -> (
         Self,
@@ -137,6 +136,7 @@ impl Pipeline {
             config.max_concurrent_requests,
         );
         let (map_tx, map_rx) = mpsc::unbounded_channel();
+        let dedup_producer = aggregator.dedup_producer();
         let pipeline = Pipeline {
             collector: Collector::new(config.collection_max_count, config.collection_max_size),
             retries: RetryQueue::new(&config.backoff),

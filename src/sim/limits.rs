@@ -49,8 +49,8 @@ impl ShardLimits {
                 bytes: 0,
             };
         }
-        if w.records + 1 > SHARD_WRITE_RECORDS_PER_SEC as u64
-            || w.bytes + bytes > SHARD_WRITE_BYTES_PER_SEC as u64
+        if w.records + 1 > SHARD_WRITE_RECORDS_PER_SEC
+            || w.bytes + bytes > SHARD_WRITE_BYTES_PER_SEC
         {
             return false;
         }
