@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kpl::client::ApiError;
 use kpl::client::memory::{MemoryKinesis, Plan, StoredRecord};
-use kpl::client::{ApiError, KinesisApi};
 use kpl::codec::deaggregate::{DeaggregatedRecord, Deaggregator};
 use kpl::dedup::Deduper;
 use kpl::producer::{Producer, ProducerConfig, RecordFuture, SendErrorReason};
@@ -22,10 +22,7 @@ use rand::{Rng, SeedableRng};
 const STREAM: &str = "s";
 
 async fn producer(fake: &Arc<MemoryKinesis>, config: ProducerConfig) -> Producer {
-    let api: Arc<dyn KinesisApi> = fake.clone();
-    Producer::new(api, STREAM, config)
-        .await
-        .expect("producer starts")
+    common::memory_producer(fake, STREAM, config).await
 }
 
 /// `key-K` and a per-key counter, so both identity and per-key order can be read back.

@@ -1,6 +1,8 @@
 //! The producer pipeline against the in-memory Kinesis, with scripted partial failures,
 //! throttling, timeouts, fatal errors and a reshard, on tokio's paused clock.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kpl::client::memory::{MemoryKinesis, Plan, StoredRecord};
-use kpl::client::{ApiError, KinesisApi, ShardInfo};
+use kpl::client::{ApiError, ShardInfo};
 use kpl::codec::deaggregate::Deaggregator;
 use kpl::producer::{
     FailureReason, Producer, ProducerConfig, Receipt, RecordFailure, RecordFuture, SendErrorReason,
@@ -19,10 +21,7 @@ use tokio::time::Instant;
 const STREAM: &str = "test-stream";
 
 async fn producer(fake: &Arc<MemoryKinesis>, config: ProducerConfig) -> Producer {
-    let api: Arc<dyn KinesisApi> = fake.clone();
-    Producer::new(api, STREAM, config)
-        .await
-        .expect("producer starts")
+    common::memory_producer(fake, STREAM, config).await
 }
 
 fn record(i: usize, keys: usize) -> UserRecord {

@@ -214,3 +214,15 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
 pub fn kpl_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kpl"))
 }
+
+/// A producer over the in-memory Kinesis.
+pub async fn memory_producer(
+    fake: &std::sync::Arc<kpl::client::memory::MemoryKinesis>,
+    stream: &str,
+    config: kpl::producer::ProducerConfig,
+) -> kpl::producer::Producer {
+    let api: std::sync::Arc<dyn kpl::client::KinesisApi> = fake.clone();
+    kpl::producer::Producer::new(api, stream, config)
+        .await
+        .expect("producer starts")
+}
