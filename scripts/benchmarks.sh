@@ -28,10 +28,24 @@ run p5-overload --shards 2 --record-size 1000 --max-outstanding-bytes 33554432
 run p6-default --shards 4 --record-size 100
 run p6-strict --shards 4 --record-size 100 --strict-ordering
 run p6-dedup --shards 4 --record-size 100 --dedup-ids
+# Strict ordering moves one aggregate per shard per round trip: the same pair against a kpl sim
+# that answers after 100 ms (a far region, or a loaded service), in its own process.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$kpl" sim --port "$port" --latency-ms 100 --stream rtt:4 --stream rtt-strict:4 >/dev/null 2>"$out/rtt-sim.txt" &
+sim_pid=$!
+trap 'kill $sim_pid 2>/dev/null || true' EXIT
+# Ready once it has made both streams.
+for _ in $(seq 200); do grep -q "stream rtt-strict" "$out/rtt-sim.txt" 2>/dev/null && break; sleep 0.1; done
+run p6-rtt-default --endpoint-url "http://127.0.0.1:$port" --stream rtt --record-size 100
+run p6-rtt-strict --endpoint-url "http://127.0.0.1:$port" --stream rtt-strict --record-size 100 --strict-ordering
+kill $sim_pid 2>/dev/null || true
 "$kpl" bench --payload json-logs --record-size 200-300 --seed 9 --print-records 20000 > "$out/dict-samples.txt"
 "$kpl" dict train "$out/dict-samples.txt" -o "$out/json-logs.dict" --report "$out/dict.json" 2>"$out/dict.txt"
-run p6-small-zstd --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd
-run p6-small-dict --shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd --zstd-dict "$out/json-logs.dict"
+# One record per Kinesis record: 4 shards take 4 000 a second, so 5 s of them are buffered, not
+# the default 200 000 (50 s, past the record TTL).
+small="--shards 4 --payload json-logs --record-size 200-300 --no-aggregation --compression zstd --max-outstanding-records 20000"
+run p6-small-zstd $small
+run p6-small-dict $small --zstd-dict "$out/json-logs.dict"
 scripts/setup-node.sh
 scripts/setup-aiokpl.sh
 .venv-bench/bin/python scripts/p3.py --records "${P3_RECORDS:-40000}" --kpl-seconds "$secs" \
