@@ -30,7 +30,7 @@ HEAD
 Columns: *duplicates* are extra copies the KCL would deliver (a lost answer to a stored call is
 resent: at-least-once; see the README on delivery semantics); *duplicates dropped by dedup
 ids* counts every extra copy a reader saw, including the ones only a reader without the KCL's
-range check sees (after a split) — \`-\`: dedup ids off in that row; *Kinesis records put* exceeds the no-fault
+range check sees (after a split) — `-`: dedup ids off in that row; *Kinesis records put* exceeds the no-fault
 count after a split because aggregates that landed across the new boundary are re-aggregated
 (the stored copy is one the KCL drops); *entries passed to the store* counts what the fault
 layer let through (failed entries are removed before the store sees them).
