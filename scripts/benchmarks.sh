@@ -13,6 +13,7 @@ mkdir -p "$out"
 cargo build --release --quiet
 cargo bench --bench codec 2>&1 | tee "$out/codec.txt" >/dev/null
 cargo bench --bench pipeline 2>&1 | tee "$out/pipeline.txt" >/dev/null
+cargo bench --features bench-internals --bench stages 2>&1 | tee "$out/stages.txt" >/dev/null
 kpl=target/release/kpl
 run() { name=$1; shift; "$kpl" bench --quiet --duration "${secs}s" --report "$out/$name.json" "$@" 2>"$out/$name.txt"; }
 # P2 asks for 60 s runs (P2_SECONDS).

@@ -33,6 +33,8 @@ def pct(x):
 
 codec = criterion(os.path.join(out, "codec.txt"))
 pipeline = criterion(os.path.join(out, "pipeline.txt"))
+stages_path = os.path.join(out, "stages.txt")
+stage_results = criterion(stages_path) if os.path.exists(stages_path) else {}
 ratio = re.search(r"ratio (\S+)x", open(os.path.join(out, "codec.txt")).read())
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -58,6 +60,16 @@ with a key cache (as the pipeline hashes), {enc_md5} M/s hashing every record; t
 {enc_cache / enc_md5 if enc_md5 else 0:.2f}x. The MD5 trailer over each 50 KiB aggregate is the
 main per-byte cost. zstd level 1 on these JSON lines, per 50 KiB aggregate: ratio {ratio.group(1) if ratio else '?'}x.
 
+## Stages (criterion, `cargo bench --features bench-internals --bench stages`)
+
+The aggregator (64 shards, 100-byte records, 1000 keys, hash keys computed outside the timing)
+and the collector (50 KiB Kinesis records packed into calls of 500 entries / 5 MiB) on their own.
+
+| benchmark | throughput |
+|---|---|""")
+for k, (v, u) in stage_results.items():
+    print(f"| {k} | {v} {u} |")
+print("""
 ## P1: pipeline CPU (criterion, `cargo bench --bench pipeline`)
 
 Whole producer on a current-thread runtime (one core) against the in-memory Kinesis that stores

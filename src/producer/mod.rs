@@ -74,6 +74,9 @@ pub mod record;
 mod retrier;
 mod sender;
 pub mod shard_map;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod stage_bench;
 
 pub use config::{Compression, ConfigError, ProducerConfig};
 pub use error::{FailureReason, ProducerError, RecordFailure, SendError, SendErrorReason};
