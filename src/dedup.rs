@@ -101,8 +101,9 @@ impl Deduper {
     pub fn new(max_ids: usize) -> Self {
         let max_ids = max_ids.max(1);
         Deduper {
-            seen: HashSet::with_capacity(max_ids.min(1 << 20)),
-            order: VecDeque::with_capacity(max_ids.min(1 << 20)),
+            // Grown as ids arrive: a large window costs memory only once it fills.
+            seen: HashSet::with_capacity(max_ids.min(4096)),
+            order: VecDeque::with_capacity(max_ids.min(4096)),
             max_ids,
             max_age: None,
             duplicates: 0,
