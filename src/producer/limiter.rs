@@ -22,9 +22,9 @@
 //! to 97 % if it was above (the probe overshot); at or under 97 %, a lone throttled second is
 //! taken for timing (network delays moved writes into one of the service's seconds) and
 //! changes nothing, while throttling again within 2.5 s means another writer shares the shard:
-//! the rate drops to 85 % of what it was, never below 10 %. It grows back quickly (10 % of the limit per second) up
-//! to 90 % of the rate that was throttled, then slowly: AIMD, as TCP does, so several
-//! producers on one shard share it.
+//! the rate drops to 85 % of what it was, never below 10 %. It grows back quickly (10 % of the
+//! limit per second) up to 90 % of the rate that was throttled, then slowly: AIMD, as TCP
+//! does, so several producers on one shard share it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,9 +42,8 @@ const DECREASE: f64 = 0.85;
 /// Where a shard starts, and where a throttle above it returns: a share of the real limit
 /// that leaves room for timing differences between the producer's windows and the service's.
 const SAFE_SHARE: f64 = 0.97;
-/// Highest rate, as a share of the shard's limit: 1 % under it leaves room for the varying
-/// delays on the way, which move writes from one of the service's seconds to the next
-/// (10 ms of spread at the full rate).
+/// Highest rate, as a share of the shard's limit: the published limit itself, which Kinesis
+/// enforces whatever `rate_limit` says.
 const MAX_SHARE: f64 = 1.0;
 /// Lowest rate, as a share of the shard's limit.
 const MIN_SHARE: f64 = 0.1;
@@ -214,10 +213,6 @@ impl ShardLimiter {
         }
     }
 
-    fn caps(&self) -> (f64, f64) {
-        (self.records.rate(self.share), self.bytes.rate(self.share))
-    }
-
     /// Takes one record of `bytes` if the window and both buckets allow it now; else nothing.
     pub fn try_take(&mut self, bytes: usize, now: Instant) -> bool {
         let share = self.share;
@@ -229,7 +224,7 @@ impl ShardLimiter {
         let need_bytes = self.bytes.need(bytes, share);
         if self.records.tokens >= need_records
             && self.bytes.tokens >= need_bytes
-            && self.window.fits((0, 0.0), bytes, self.caps())
+            && self.window.fits((0, 0.0), bytes, self.rates())
         {
             self.records.tokens -= need_records;
             self.bytes.tokens -= need_bytes;
@@ -250,7 +245,7 @@ impl ShardLimiter {
             self.share,
             now,
         ));
-        (now + wait).max(window.ready_at(bytes as f64, self.caps(), now))
+        (now + wait).max(window.ready_at(bytes as f64, self.rates(), now))
     }
 
     /// The service throttled this shard: slow down.
@@ -305,7 +300,7 @@ impl ShardLimiter {
 
     /// Current rates: (records/s, bytes/s).
     pub fn rates(&self) -> (f64, f64) {
-        self.caps()
+        (self.records.rate(self.share), self.bytes.rate(self.share))
     }
 }
 

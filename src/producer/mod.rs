@@ -59,9 +59,6 @@ use crate::producer::record::{BufferRoom, PendingRecord};
 use crate::producer::shard_map::{ShardMap, ShardMapError};
 use crate::record::{RecordError, UserRecord};
 
-/// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
-/// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
-const TAGGED_OVERHEAD_BOUND: usize = 2 * 1024 + 256;
 mod aggregator;
 pub mod backoff;
 mod collector;
@@ -82,6 +79,10 @@ pub use config::{Compression, ConfigError, ProducerConfig};
 pub use error::{FailureReason, ProducerError, RecordFailure, SendError, SendErrorReason};
 pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, Receipt, RecordFuture, RecordResult};
+
+/// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
+/// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
+const TAGGED_OVERHEAD_BOUND: usize = 2 * 1024 + 256;
 
 /// A handle to a running producer. Cheap to clone; all clones feed the same pipeline.
 ///

@@ -188,49 +188,29 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
     };
     let stream = stream_of(&body).map(str::to_owned);
     if !batch {
-        let mut fates = if targeted {
-            let mut s = shared.lock();
-            s.stats.entries_seen += 1;
-            s.decide_entries(1)
-        } else {
-            vec![None]
-        };
-        if let Some(stream) = &stream {
-            apply_limits(shared, stream, std::slice::from_ref(&body), &mut fates).await;
-        }
-        let fate = fates.pop().flatten();
+        let fate = entry_fates(
+            shared,
+            targeted,
+            stream.as_deref(),
+            std::slice::from_ref(&body),
+        )
+        .await
+        .pop()
+        .flatten();
         return match fate {
             Some(code) => error_response(&RequestFault {
                 code,
                 status: 400,
                 probability: 1.0,
             }),
-            None => {
-                if targeted {
-                    shared.lock().stats.entries_forwarded += 1;
-                }
-                next.run(rebuild(bytes)).await
-            }
+            None => next.run(rebuild(bytes)).await,
         };
     }
     let entries = match body.get_mut("Records").and_then(Value::as_array_mut) {
         Some(entries) => std::mem::take(entries),
         None => return next.run(rebuild(bytes)).await,
     };
-    let mut fates = if targeted {
-        let mut s = shared.lock();
-        s.stats.entries_seen += entries.len() as u64;
-        s.decide_entries(entries.len())
-    } else {
-        vec![None; entries.len()]
-    };
-    if let Some(stream) = &stream {
-        apply_limits(shared, stream, &entries, &mut fates).await;
-    }
-    if targeted {
-        shared.lock().stats.entries_forwarded +=
-            fates.iter().filter(|f| f.is_none()).count() as u64;
-    }
+    let fates = entry_fates(shared, targeted, stream.as_deref(), &entries).await;
     if fates.iter().all(Option::is_none) {
         return next.run(rebuild(bytes)).await;
     }
@@ -279,6 +259,31 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
         merged.to_string(),
     )
         .into_response()
+}
+
+/// What happens to each entry of a put: an injected failure (targeted requests only), a shard
+/// limit's throttle, or `None` (passed to the store). Counts targeted entries in the stats.
+async fn entry_fates(
+    shared: &Shared,
+    targeted: bool,
+    stream: Option<&str>,
+    entries: &[Value],
+) -> Vec<Option<String>> {
+    let mut fates = if targeted {
+        let mut s = shared.lock();
+        s.stats.entries_seen += entries.len() as u64;
+        s.decide_entries(entries.len())
+    } else {
+        vec![None; entries.len()]
+    };
+    if let Some(stream) = stream {
+        apply_limits(shared, stream, entries, &mut fates).await;
+    }
+    if targeted {
+        shared.lock().stats.entries_forwarded +=
+            fates.iter().filter(|f| f.is_none()).count() as u64;
+    }
+    fates
 }
 
 /// Charges each entry not failed yet to its shard's window; those over the limit fail with
