@@ -19,35 +19,68 @@ fn records(n: usize) -> Vec<UserRecord> {
         .collect()
 }
 
-fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64) -> Duration {
-    run_with(rt, config, iters, false)
+/// How the records are handed over.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `send` each record; drop its future at once (fire and forget: no receipt is built).
+    Send,
+    /// `send` each record; keep every future and await it after the flush.
+    SendAwait,
+    /// `send_batch` of this many records; drop the batch futures.
+    Batch(usize),
+    /// `send_batch`; await every batch future after the flush.
+    BatchAwait(usize),
 }
 
-/// `await_receipts`: keep every record's future and await it after the flush, so each receipt
-/// is built and delivered; otherwise drop them at once (fire and forget).
-fn run_with(
-    rt: &tokio::runtime::Runtime,
-    config: &ProducerConfig,
-    iters: u64,
-    await_receipts: bool,
-) -> Duration {
+fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64, mode: Mode) -> Duration {
     rt.block_on(async {
         let api: Arc<dyn KinesisApi> = Arc::new(MemoryKinesis::new(64).discard_data());
         let producer = Producer::new(api, "bench", config.clone()).await.unwrap();
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let batch = records(RECORDS);
+            let mut chunks = Vec::new();
+            let batch = if let Mode::Batch(n) | Mode::BatchAwait(n) = mode {
+                let mut all = batch.into_iter();
+                loop {
+                    let chunk: Vec<UserRecord> = all.by_ref().take(n).collect();
+                    if chunk.is_empty() {
+                        break Vec::new();
+                    }
+                    chunks.push(chunk);
+                }
+            } else {
+                batch
+            };
             let start = Instant::now();
-            let mut futures = Vec::with_capacity(if await_receipts { RECORDS } else { 0 });
-            for r in batch {
-                let future = producer.send(r).await.unwrap();
-                if await_receipts {
-                    futures.push(future);
+            let mut futures = Vec::new();
+            let mut batches = Vec::new();
+            match mode {
+                Mode::Send | Mode::SendAwait => {
+                    for r in batch {
+                        let future = producer.send(r).await.unwrap();
+                        if matches!(mode, Mode::SendAwait) {
+                            futures.push(future);
+                        }
+                    }
+                }
+                Mode::Batch(_) | Mode::BatchAwait(_) => {
+                    for chunk in chunks {
+                        let future = producer.send_batch(chunk).await.unwrap();
+                        if matches!(mode, Mode::BatchAwait(_)) {
+                            batches.push(future);
+                        }
+                    }
                 }
             }
             producer.flush().await;
             for f in futures {
                 f.await.unwrap();
+            }
+            for b in batches {
+                for r in b.await {
+                    r.unwrap();
+                }
             }
             total += start.elapsed();
         }
@@ -70,18 +103,22 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
-    group.bench_function("aggregated", |b| {
-        b.iter_custom(|iters| run(&rt, &base, iters))
-    });
-    group.bench_function("aggregated_receipts_awaited", |b| {
-        b.iter_custom(|iters| run_with(&rt, &base, iters, true))
-    });
+    for (name, mode) in [
+        ("aggregated", Mode::Send),
+        ("aggregated_receipts_awaited", Mode::SendAwait),
+        ("aggregated_batches_of_1000", Mode::Batch(1000)),
+        ("aggregated_batches_of_1000_awaited", Mode::BatchAwait(1000)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&rt, &base, iters, mode))
+        });
+    }
     let zstd = ProducerConfig {
         compression: Compression::Zstd { level: 1 },
         ..base.clone()
     };
     group.bench_function("aggregated_zstd1", |b| {
-        b.iter_custom(|iters| run(&rt, &zstd, iters))
+        b.iter_custom(|iters| run(&rt, &zstd, iters, Mode::Send))
     });
     group.finish();
 }

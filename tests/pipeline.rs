@@ -556,3 +556,104 @@ async fn explicit_hash_keys_route_records() {
     }
     p.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_resolves_to_every_record_s_outcome_in_order() {
+    let fake = Arc::new(MemoryKinesis::new(16));
+    // The first call stores all but its second entry, which fails for good: the records in
+    // that Kinesis record fail, every other record is stored, each outcome in its place.
+    fake.set_plan(|call| match call.index {
+        0 => Plan::FailEntries(vec![None, Some("KMSDisabledException".into())]),
+        _ => Plan::Store,
+    });
+    let p = producer(&fake, ProducerConfig::default()).await;
+    let records: Vec<_> = (0..3_000).map(|i| record(i, 300)).collect();
+    let mut batches = Vec::new();
+    for chunk in records.chunks(700) {
+        batches.push(p.send_batch(chunk.to_vec()).await.expect("accepted"));
+    }
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 3_000);
+    let mut results = Vec::new();
+    for b in batches {
+        results.extend(b.await);
+    }
+    p.shutdown().await;
+
+    assert_eq!(results.len(), 3_000);
+    let stored = user_records(&fake.stored());
+    let by_position: HashMap<(String, u64), (String, Bytes)> = stored
+        .into_iter()
+        .map(|(_, seq, sub, key, data)| ((seq, sub), (key, data)))
+        .collect();
+    let mut failed = 0;
+    for (r, result) in records.iter().zip(&results) {
+        match result {
+            Ok(receipt) => {
+                let (key, data) = &by_position[&(
+                    receipt.sequence_number.to_string(),
+                    receipt.sub_sequence_number,
+                )];
+                assert_eq!((key, data), (&r.partition_key, &r.data), "in batch order");
+            }
+            Err(failure) => {
+                failed += 1;
+                assert!(matches!(failure.reason, FailureReason::Fatal { .. }));
+                assert_eq!(failure.record.as_ref(), Some(r), "the record comes back");
+            }
+        }
+    }
+    assert!(failed > 0, "one Kinesis record's user records failed");
+    assert_eq!(
+        by_position.len() + failed,
+        3_000,
+        "every other record stored once"
+    );
+    let m = p.metrics();
+    assert_eq!(m.user_records_received, 3_000);
+    assert_eq!(m.user_records_put as usize, 3_000 - failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_with_a_bad_record_or_too_big_for_the_buffer_is_handed_back_whole() {
+    let fake = Arc::new(MemoryKinesis::new(2));
+    let config = ProducerConfig {
+        max_outstanding_records: 100,
+        ..Default::default()
+    };
+    let p = producer(&fake, config).await;
+    let mut records: Vec<_> = (0..10).map(|i| record(i, 10)).collect();
+    records[7].partition_key.clear();
+    let err = p.send_batch(records.clone()).await.unwrap_err();
+    assert_eq!(err.index, Some(7));
+    assert_eq!(
+        err.reason,
+        SendErrorReason::Invalid(RecordError::EmptyPartitionKey)
+    );
+    assert_eq!(err.records, records, "handed back untouched, in order");
+    assert!(err.to_string().starts_with("record 7 of the batch: "));
+
+    let big: Vec<_> = (0..101).map(|i| record(i, 10)).collect();
+    let err = p.send_batch(big).await.unwrap_err();
+    assert!(matches!(
+        err.reason,
+        SendErrorReason::BatchTooLarge {
+            records: 101,
+            max_records: 100,
+            ..
+        }
+    ));
+    assert_eq!(err.records.len(), 101);
+    assert_eq!(p.metrics().user_records_received, 0, "nothing was buffered");
+
+    // An empty batch resolves at once; a batch waits for room like `send`, and the room
+    // comes back when its records resolve.
+    assert!(p.send_batch(Vec::new()).await.unwrap().await.is_empty());
+    for _ in 0..3 {
+        let batch: Vec<_> = (0..100).map(|i| record(i, 10)).collect();
+        let results = p.send_batch(batch).await.unwrap().await;
+        assert!(results.iter().all(Result::is_ok));
+    }
+    p.shutdown().await;
+    let err = p.send_batch(vec![record(1, 1)]).await.unwrap_err();
+    assert_eq!(err.reason, SendErrorReason::Closed);
+}

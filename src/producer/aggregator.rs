@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
@@ -91,18 +92,30 @@ pub(crate) struct Aggregator {
     deadlines: BTreeSet<(Instant, Key)>,
     map_version: u64,
     spare: Vec<AggregateBuilder>,
-    /// User records in the last finished aggregate: the next one's list is sized for it.
-    last_len: usize,
+    /// Room for user records a new aggregate's list gets: the recent largest aggregate, so
+    /// lists seldom grow (growing a list of tens of kilobytes is a copy and a large free).
+    list_capacity: usize,
     /// Tag each user record with its dedup id under this producer id.
     dedup_producer: Option<u64>,
     /// Emptied user-record lists of resolved Kinesis records, reused: an aggregate's list is
     /// tens of kilobytes, and a fresh one per aggregate cost more in malloc and cold memory
     /// than filling it.
     spare_lists: Vec<Vec<PendingRecord>>,
+    /// Data buffers of stored aggregates, reused for the same reason: allocating and freeing
+    /// one of ~50 KB per aggregate also made glibc's malloc consolidate its free lists each
+    /// time, which cost more than the MD5.
+    spare_buffers: Vec<BytesMut>,
+    /// Most user-record slots (summed list capacities) and buffer bytes kept for reuse.
+    keep_slots: usize,
+    keep_bytes: usize,
+    /// User-record slots and buffer bytes kept now.
+    kept_slots: usize,
+    kept_bytes: usize,
 }
 
-/// Lists kept for reuse.
-const MAX_SPARE_LISTS: usize = 64;
+/// What an aggregator keeps for reuse unless told otherwise ([`Aggregator::keep_for_reuse`]).
+const DEFAULT_KEEP_SLOTS: usize = 1 << 16;
+const DEFAULT_KEEP_BYTES: usize = 8 << 20;
 
 impl Aggregator {
     /// `limits.max_count == 1` turns aggregation off: every record is its own Kinesis record.
@@ -115,6 +128,11 @@ impl Aggregator {
         Aggregator {
             dedup_producer,
             spare_lists: Vec::new(),
+            spare_buffers: Vec::new(),
+            keep_slots: DEFAULT_KEEP_SLOTS,
+            keep_bytes: DEFAULT_KEEP_BYTES,
+            kept_slots: 0,
+            kept_bytes: 0,
             limits,
             max_buffered_time,
             compressor,
@@ -122,8 +140,17 @@ impl Aggregator {
             deadlines: BTreeSet::new(),
             map_version: 0,
             spare: Vec::new(),
-            last_len: 1,
+            list_capacity: 1,
         }
+    }
+
+    /// Keeps at most `slots` user-record slots in emptied lists and `bytes` of aggregate
+    /// buffers for reuse. The producer passes its buffer limits: what it keeps is never more
+    /// than what its outstanding records may hold anyway.
+    pub fn keep_for_reuse(mut self, slots: usize, bytes: usize) -> Self {
+        self.keep_slots = slots;
+        self.keep_bytes = bytes;
+        self
     }
 
     /// Adds a record predicted by `map`; Kinesis records finished on the way go to `out`.
@@ -164,10 +191,15 @@ impl Aggregator {
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
         let deadline = record.received.max(Instant::now()) + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
-        let mut records = self
-            .spare_lists
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.last_len.min(self.limits.max_count)));
+        let capacity = self.list_capacity.min(self.limits.max_count);
+        let mut records = match self.spare_lists.pop() {
+            Some(mut list) => {
+                self.kept_slots -= list.capacity();
+                list.reserve(capacity);
+                list
+            }
+            None => Vec::with_capacity(capacity),
+        };
         records.push(record);
         let open = Open {
             builder,
@@ -193,8 +225,23 @@ impl Aggregator {
     /// Takes back an emptied user-record list for reuse.
     pub fn recycle(&mut self, mut list: Vec<PendingRecord>) {
         list.clear();
-        if self.spare_lists.len() < MAX_SPARE_LISTS && list.capacity() > 0 {
+        if list.capacity() > 0 && self.kept_slots + list.capacity() <= self.keep_slots {
+            self.kept_slots += list.capacity();
             self.spare_lists.push(list);
+        }
+    }
+
+    /// Takes back the data of a resolved Kinesis record, to write a later aggregate into it if
+    /// nothing else holds it and it has an aggregate's room.
+    pub fn recycle_data(&mut self, data: Bytes) {
+        if self.kept_bytes + self.limits.max_bytes > self.keep_bytes {
+            return;
+        }
+        if let Ok(buf) = data.try_into_mut()
+            && buf.capacity() >= self.limits.max_bytes
+        {
+            self.kept_bytes += buf.capacity();
+            self.spare_buffers.push(buf);
         }
     }
 
@@ -228,14 +275,30 @@ impl Aggregator {
     }
 
     fn seal(&mut self, mut open: Open) -> KinesisRecordOut {
-        self.last_len = open.records.len();
+        let len = open.records.len();
+        self.list_capacity = len.max(self.list_capacity - self.list_capacity / 256);
+        let buf = if open.builder.is_aggregate() {
+            match self.spare_buffers.pop() {
+                Some(buf) => {
+                    self.kept_bytes -= buf.capacity();
+                    buf
+                }
+                None => BytesMut::with_capacity(self.limits.max_bytes),
+            }
+        } else {
+            BytesMut::new()
+        };
         let mut record = open
             .builder
-            .finish()
+            .finish_into(buf)
             .expect("an open aggregate holds at least one record");
         self.spare.push(open.builder);
-        if let Some(compressor) = &mut self.compressor {
-            record = compressor.compress(record);
+        if let Some(compressor) = &mut self.compressor
+            && let Some(framed) = compressor.compress_bytes(&record.data)
+        {
+            // Compressed into a new buffer: the aggregate's is free again.
+            let aggregate = std::mem::replace(&mut record.data, framed);
+            self.recycle_data(aggregate);
         }
         KinesisRecordOut {
             entry: PutRecordsEntry {
@@ -275,5 +338,140 @@ fn push_into(
                 &[(DEDUP_TAG_KEY, Some(id))],
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::deaggregate::Deaggregator;
+    use crate::producer::shard_map::even_shards;
+    use crate::record::UserRecord;
+
+    fn aggregator() -> Aggregator {
+        let limits = AggregateLimits {
+            max_bytes: 4096,
+            max_count: usize::MAX,
+        };
+        Aggregator::new(limits, Duration::from_secs(1), None, None)
+    }
+
+    fn pending(key: &str, data: &str) -> PendingRecord {
+        let (mut p, _) =
+            PendingRecord::new(UserRecord::new(key, data.to_owned()), Instant::now(), 0);
+        p.hash_key = p.record.hash_key();
+        p
+    }
+
+    fn decoded(out: &KinesisRecordOut) -> Vec<(String, Bytes)> {
+        Deaggregator::new()
+            .deaggregate(&out.entry.data, &out.entry.partition_key, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.partition_key, r.data))
+            .collect()
+    }
+
+    #[test]
+    fn every_aggregate_holds_only_its_shard_s_records() {
+        let map = ShardMap::new(&even_shards(8), 1).unwrap();
+        let mut agg = aggregator();
+        let mut out = Vec::new();
+        for i in 0..2_000 {
+            agg.push(
+                pending(&format!("k{i}"), "data"),
+                &map,
+                Grouping::ByShard,
+                &mut out,
+            );
+        }
+        agg.finish_all(&mut out);
+        assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 2_000);
+        for o in &out {
+            let range = map.shard(map.index_of(o.records[0].hash_key)).range;
+            assert!(o.records.iter().all(|r| range.contains(r.hash_key)));
+            assert_eq!(
+                &*o.shard,
+                &*map.shard(map.index_of(o.records[0].hash_key)).id
+            );
+        }
+    }
+
+    #[test]
+    fn a_recycled_buffer_is_reused_only_when_nothing_else_holds_it() {
+        let map = ShardMap::new(&even_shards(1), 1).unwrap();
+        let mut agg = aggregator();
+        let mut out = Vec::new();
+        for i in 0..3 {
+            agg.push(
+                pending(&format!("a{i}"), "first"),
+                &map,
+                Grouping::ByShard,
+                &mut out,
+            );
+        }
+        agg.finish_all(&mut out);
+        let first = out.pop().unwrap();
+        let first_contents = decoded(&first);
+        let held = first.entry.data.clone();
+        // Still referenced (say, by a request being retried): not taken.
+        agg.recycle_data(first.entry.data.clone());
+        assert!(agg.spare_buffers.is_empty());
+        drop(held);
+        let ptr = first.entry.data.as_ptr();
+        agg.recycle_data(first.entry.data);
+        assert_eq!(agg.spare_buffers.len(), 1);
+
+        for i in 0..2 {
+            agg.push(
+                pending(&format!("b{i}"), "second"),
+                &map,
+                Grouping::ByShard,
+                &mut out,
+            );
+        }
+        agg.finish_all(&mut out);
+        let second = out.pop().unwrap();
+        assert_eq!(
+            second.entry.data.as_ptr(),
+            ptr,
+            "written into the recycled buffer"
+        );
+        assert_eq!(
+            decoded(&second),
+            vec![
+                ("b0".to_owned(), Bytes::from("second")),
+                ("b1".to_owned(), Bytes::from("second"))
+            ]
+        );
+        assert_eq!(first_contents.len(), 3);
+    }
+
+    #[test]
+    fn what_is_kept_for_reuse_is_bounded() {
+        let map = ShardMap::new(&even_shards(1), 1).unwrap();
+        let mut agg = aggregator().keep_for_reuse(10, 2 * 4096);
+        let mut out = Vec::new();
+        for round in 0..5 {
+            for i in 0..4 {
+                agg.push(
+                    pending(&format!("k{round}-{i}"), "x"),
+                    &map,
+                    Grouping::ByShard,
+                    &mut out,
+                );
+            }
+            agg.finish_all(&mut out);
+        }
+        for o in out.drain(..) {
+            agg.recycle(o.records);
+            agg.recycle_data(o.entry.data);
+        }
+        assert_eq!(agg.spare_buffers.len(), 2, "two buffers of 4096 bytes");
+        assert!(agg.kept_slots <= 10);
+        assert_eq!(
+            agg.kept_slots,
+            agg.spare_lists.iter().map(Vec::capacity).sum::<usize>()
+        );
     }
 }

@@ -58,6 +58,33 @@ pub enum SendErrorReason {
     /// The producer was shut down.
     #[error("the producer has been shut down: records can no longer be sent")]
     Closed,
+    /// `send_batch` only: the batch needs more room than the whole buffer has, so it could
+    /// never be taken.
+    #[error(
+        "the batch needs room for {records} records and {bytes} bytes, more than the whole buffer (max_outstanding_records {max_records}, max_outstanding_bytes {max_bytes}): send it in smaller batches"
+    )]
+    BatchTooLarge {
+        /// Records in the batch.
+        records: usize,
+        /// Buffer bytes it needs (partition key + data of each record).
+        bytes: u64,
+        /// The producer's `max_outstanding_records`.
+        max_records: usize,
+        /// The producer's `max_outstanding_bytes`.
+        max_bytes: usize,
+    },
+}
+
+/// Why `send_batch` did not take a batch. Nothing was buffered; every record is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{reason}", .index.map(|i| format!("record {i} of the batch: ")).unwrap_or_default())]
+pub struct SendBatchError {
+    /// Why.
+    pub reason: SendErrorReason,
+    /// The record that was refused, if one record was the reason.
+    pub index: Option<usize>,
+    /// The records, untouched, in their order.
+    pub records: Vec<UserRecord>,
 }
 
 /// A record that was accepted but could not be stored. Carries the record and every attempt.

@@ -54,7 +54,7 @@ use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY};
 use crate::limits::DEFAULT_MAX_RECORD_BYTES;
 use crate::producer::aggregator::Aggregator;
-use crate::producer::pipeline::{Input, Pipeline};
+use crate::producer::pipeline::{BatchInput, Input, Pipeline};
 use crate::producer::record::{BufferRoom, PendingRecord};
 use crate::producer::shard_map::{ShardMap, ShardMapError};
 use crate::record::{RecordError, UserRecord};
@@ -76,9 +76,11 @@ pub mod shard_map;
 pub mod stage_bench;
 
 pub use config::{Compression, ConfigError, ProducerConfig};
-pub use error::{FailureReason, ProducerError, RecordFailure, SendError, SendErrorReason};
+pub use error::{
+    FailureReason, ProducerError, RecordFailure, SendBatchError, SendError, SendErrorReason,
+};
 pub use metrics::{MetricsSnapshot, ShardCounters};
-pub use record::{Attempt, AttemptError, Receipt, RecordFuture, RecordResult};
+pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, RecordResult};
 
 /// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
 /// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
@@ -112,6 +114,7 @@ struct Shared {
     room: Arc<BufferRoom>,
     max_record_bytes: usize,
     max_outstanding_bytes: u32,
+    max_outstanding_records: usize,
     dedup_producer: Option<u64>,
     stream: StreamId,
     metrics: Arc<metrics::Metrics>,
@@ -209,13 +212,15 @@ impl Producer {
             config.record_max_buffered_time,
             compressor,
             dedup_producer,
-        );
+        )
+        .keep_for_reuse(config.max_outstanding_records, config.max_outstanding_bytes);
         let metrics = Arc::new(metrics::Metrics::new(&stream.to_string()));
         let room = Arc::new(BufferRoom {
             records: Semaphore::new(config.max_outstanding_records),
             bytes: Semaphore::new(config.max_outstanding_bytes),
         });
         let max_outstanding_bytes = config.max_outstanding_bytes as u32;
+        let max_outstanding_records = config.max_outstanding_records;
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (pipeline, done_rx, map_rx) = Pipeline::new(
             api,
@@ -233,6 +238,7 @@ impl Producer {
                 room,
                 max_record_bytes,
                 max_outstanding_bytes,
+                max_outstanding_records,
                 dedup_producer,
                 stream,
                 metrics,
@@ -306,6 +312,73 @@ impl Producer {
             }
         };
         self.enqueue(record, needed)
+    }
+
+    /// Queues every record of `records` at once, waiting for buffer room for all of them; the
+    /// returned future resolves to their outcomes, in order, when the last one is stored or
+    /// has failed. The records are routed and aggregated exactly as with [`send`](Self::send);
+    /// a batch only saves the per-record hand-over (one channel message, one wait for room,
+    /// one future), which is most of what a record costs beyond its aggregation.
+    ///
+    /// Fails at once, handing every record back and buffering none, if a record breaks a
+    /// Kinesis limit, the batch needs more room than the whole buffer
+    /// ([`SendErrorReason::BatchTooLarge`]), or the producer was shut down.
+    pub async fn send_batch(
+        &self,
+        records: Vec<UserRecord>,
+    ) -> Result<BatchFuture, SendBatchError> {
+        let refuse = |reason, index, records| {
+            Err(SendBatchError {
+                reason,
+                index,
+                records,
+            })
+        };
+        let mut bytes = 0u64;
+        for (i, record) in records.iter().enumerate() {
+            if let Err(reason) = self.check(record) {
+                return refuse(reason, Some(i), records);
+            }
+            bytes += u64::from(self.bytes_needed(record));
+        }
+        let room = &self.shared.room;
+        let max_records = self.shared.max_outstanding_records;
+        let max_bytes = self.shared.max_outstanding_bytes as usize;
+        if records.len() > max_records || bytes > max_bytes as u64 {
+            let reason = SendErrorReason::BatchTooLarge {
+                records: records.len(),
+                bytes,
+                max_records,
+                max_bytes,
+            };
+            return refuse(reason, None, records);
+        }
+        // Both fit in u32: the limits do (validated).
+        match (
+            room.records.acquire_many(records.len() as u32).await,
+            room.bytes.acquire_many(bytes as u32).await,
+        ) {
+            (Ok(r), Ok(b)) => {
+                r.forget();
+                b.forget();
+            }
+            _ => return refuse(SendErrorReason::Closed, None, records),
+        }
+        let received = Instant::now();
+        let (reply, future) = BatchFuture::new(records.len(), received);
+        let batch = BatchInput {
+            records,
+            received,
+            reply,
+        };
+        match self.shared.input.send(Input::Batch(batch)) {
+            Ok(()) => Ok(future),
+            Err(mpsc::error::SendError(Input::Batch(batch))) => {
+                room.release(batch.records.len(), bytes as usize);
+                refuse(SendErrorReason::Closed, None, batch.records)
+            }
+            Err(_) => unreachable!("a batch was sent"),
+        }
     }
 
     /// Sends everything accepted so far without waiting for aggregates or calls to fill, and

@@ -24,13 +24,17 @@ use crate::producer::config::ProducerConfig;
 use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
-use crate::producer::record::{AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt};
+use crate::producer::record::{
+    AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt, Reply, ReplyTo,
+    StoredKinesisRecord,
+};
 use crate::producer::retrier::{
     EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
     wrong_shard_error,
 };
 use crate::producer::sender::{Completed, Sender};
 use crate::producer::shard_map::ShardMap;
+use crate::record::UserRecord;
 
 /// Records taken from the input channel per wake-up.
 const INPUT_BATCH: usize = 1024;
@@ -42,10 +46,26 @@ const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// What the handles send to the pipeline task.
 pub(crate) enum Input {
     Record(PendingRecord),
+    /// Records of one `send_batch`, with one buffer room taken for all of them.
+    Batch(BatchInput),
     /// Send everything received so far and answer when it has all resolved.
     Flush(oneshot::Sender<()>),
     /// Flush, then stop.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What `send_batch` hands over: records accepted at `received`, and where their outcomes go.
+pub(crate) struct BatchInput {
+    pub records: Vec<UserRecord>,
+    pub received: Instant,
+    pub reply: oneshot::Sender<Vec<Reply>>,
+}
+
+/// A batch whose records are not all resolved: their outcomes so far.
+struct OpenBatch {
+    replies: Vec<Option<Reply>>,
+    remaining: usize,
+    reply: oneshot::Sender<Vec<Reply>>,
 }
 
 struct ShardQueue {
@@ -104,6 +124,9 @@ pub(crate) struct Pipeline {
 
     finished: Vec<KinesisRecordOut>,
     expired: Vec<KinesisRecordOut>,
+    /// Batches with unresolved records, by slot; free slots are reused.
+    batches: Vec<Option<OpenBatch>>,
+    free_batches: Vec<u32>,
     /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
     misplaced: Vec<Misplaced>,
 }
@@ -169,6 +192,8 @@ impl Pipeline {
             to_release: (0, 0),
             finished: Vec::new(),
             expired: Vec::new(),
+            batches: Vec::new(),
+            free_batches: Vec::new(),
             misplaced: Vec::new(),
             config,
         };
@@ -231,20 +256,51 @@ impl Pipeline {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Record(mut record) => {
-                if record.record.explicit_hash_key.is_none() {
-                    record.hash_key = self.hash_of(&record.record.partition_key);
-                }
-                let epoch = self.epoch_base + self.epochs.len() as u64 - 1;
-                record.epoch = epoch;
-                record.seq = self.next_seq;
-                self.next_seq += 1;
-                *self.epochs.back_mut().expect("one epoch is always open") += 1;
-                self.outstanding += 1;
+            Input::Record(record) => {
                 self.metrics
                     .record_received(1, record.record.billed_bytes() as u64);
-                self.aggregator
-                    .push(record, &self.map, self.grouping, &mut self.finished);
+                self.accept(record);
+            }
+            Input::Batch(batch) => {
+                let len = batch.records.len();
+                let slot = match self.free_batches.pop() {
+                    Some(slot) => slot,
+                    None => {
+                        self.batches.push(None);
+                        (self.batches.len() - 1) as u32
+                    }
+                };
+                let mut replies = Vec::with_capacity(len);
+                replies.resize_with(len, || None);
+                self.batches[slot as usize] = Some(OpenBatch {
+                    replies,
+                    remaining: len,
+                    reply: batch.reply,
+                });
+                let max_held = self.config.max_outstanding_bytes as u64;
+                let mut bytes = 0;
+                for (index, record) in batch.records.into_iter().enumerate() {
+                    let billed = record.billed_bytes() as u64;
+                    bytes += billed;
+                    self.accept(PendingRecord {
+                        hash_key: record.explicit_hash_key.unwrap_or_default(),
+                        record,
+                        reply: ReplyTo::Batch {
+                            batch: slot,
+                            index: index as u32,
+                        },
+                        received: batch.received,
+                        attempts: Vec::new(),
+                        epoch: 0,
+                        seq: 0,
+                        // As `send_batch` counted it.
+                        held_bytes: billed.clamp(1, max_held) as u32,
+                    });
+                }
+                self.metrics.record_received(len as u64, bytes);
+                if len == 0 {
+                    self.reply_batch(slot);
+                }
             }
             Input::Flush(ack) => {
                 let epoch = self.epoch_base + self.epochs.len() as u64 - 1;
@@ -257,6 +313,59 @@ impl Pipeline {
                 self.shutdowns.push(ack);
             }
         }
+    }
+
+    /// Takes a new record into the pipeline: its hash key, flush epoch and number, then the
+    /// aggregator.
+    fn accept(&mut self, mut record: PendingRecord) {
+        if record.record.explicit_hash_key.is_none() {
+            record.hash_key = self.hash_of(&record.record.partition_key);
+        }
+        record.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
+        record.seq = self.next_seq;
+        self.next_seq += 1;
+        *self.epochs.back_mut().expect("one epoch is always open") += 1;
+        self.outstanding += 1;
+        self.aggregator
+            .push(record, &self.map, self.grouping, &mut self.finished);
+    }
+
+    /// Delivers a record's outcome to its future, or to its batch's (which is answered when
+    /// its last record resolves).
+    fn reply(&mut self, to: ReplyTo, reply: Reply) {
+        match to {
+            ReplyTo::One(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Batch { batch, index } => {
+                let open = self.batches[batch as usize]
+                    .as_mut()
+                    .expect("a batch stays open until its last record resolves");
+                // A dropped batch future wants no outcomes: skip building them up.
+                if !open.reply.is_closed() {
+                    open.replies[index as usize] = Some(reply);
+                }
+                open.remaining -= 1;
+                if open.remaining == 0 {
+                    self.reply_batch(batch);
+                }
+            }
+        }
+    }
+
+    /// Answers batch `slot`, all of whose records have resolved, and frees the slot.
+    fn reply_batch(&mut self, slot: u32) {
+        let open = self.batches[slot as usize].take().expect("an open batch");
+        self.free_batches.push(slot);
+        if open.reply.is_closed() {
+            return;
+        }
+        let replies = open
+            .replies
+            .into_iter()
+            .map(|r| r.expect("every record of the batch resolved"))
+            .collect();
+        let _ = open.reply.send(replies);
     }
 
     fn hash_of(&mut self, partition_key: &str) -> HashKey {
@@ -282,10 +391,12 @@ impl Pipeline {
         } else {
             self.aggregator.finish_due(now, &mut self.finished);
         }
-        let finished = std::mem::take(&mut self.finished);
-        for record in finished {
+        // Drained in place: the list keeps its room for the next event.
+        let mut finished = std::mem::take(&mut self.finished);
+        for record in finished.drain(..) {
             self.enqueue(record, now);
         }
+        self.finished = finished;
         self.pump(now);
         let expired = std::mem::take(&mut self.expired);
         for record in expired {
@@ -715,35 +826,47 @@ impl Pipeline {
         let user_records = record.records.len() as u64;
         let mut user_bytes = 0u64;
         let mut users = std::mem::take(&mut record.records);
+        let kinesis = Arc::new(StoredKinesisRecord {
+            shard_id: shard_id.clone(),
+            sequence_number,
+            attempts: std::mem::take(&mut record.attempts),
+            dedup_producer: self.dedup_producer,
+        });
         for (index, user) in users.drain(..).enumerate() {
             user_bytes += user.record.billed_bytes() as u64;
-            let retries = (user.attempts.len() + record.attempts.len()).saturating_sub(1);
+            let retries = (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
             self.metrics.retries_per_record(retries as u64);
             self.settle(user.epoch, user.held_bytes);
-            // A caller that dropped the future gets no receipt: the record is stored all the
-            // same, and building one for nobody is most of the per-record cost of resolving.
-            if user.reply.is_closed() {
-                continue;
-            }
-            let mut attempts = user.attempts;
-            attempts.extend(record.attempts.iter().map(|a| a.for_record(user.received)));
-            let receipt = Receipt {
-                shard_id: shard_id.clone(),
-                sequence_number: sequence_number.clone(),
-                sub_sequence_number: index as u64,
-                attempts,
-                dedup_id: self.dedup_producer.map(|producer| DedupId {
-                    producer,
+            let reply = if user.attempts.is_empty() {
+                Reply::Stored {
+                    kinesis: kinesis.clone(),
+                    sub: index as u32,
                     seq: user.seq,
-                }),
+                }
+            } else {
+                // Re-aggregated after earlier attempts: those are the record's own.
+                let mut attempts = user.attempts;
+                attempts.extend(kinesis.attempts.iter().map(|a| a.for_record(user.received)));
+                Reply::Receipt(Box::new(Receipt {
+                    shard_id: shard_id.clone(),
+                    sequence_number: kinesis.sequence_number.clone(),
+                    sub_sequence_number: index as u64,
+                    attempts,
+                    dedup_id: self.dedup_producer.map(|producer| DedupId {
+                        producer,
+                        seq: user.seq,
+                    }),
+                }))
             };
-            let _ = user.reply.send(Ok(receipt));
+            self.reply(user.reply, reply);
         }
         let kinesis_bytes = record.entry.billed_bytes() as u64;
         self.metrics
             .record_put(user_records, user_bytes, 1, kinesis_bytes);
         self.metrics.shard_put(&shard_id, kinesis_bytes);
         self.aggregator.recycle(users);
+        self.aggregator
+            .recycle_data(std::mem::take(&mut record.entry.data));
     }
 
     fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
@@ -771,7 +894,7 @@ impl Pipeline {
             attempts: user.attempts,
             record: Some(user.record),
         };
-        let _ = user.reply.send(Err(Box::new(failure)));
+        self.reply(user.reply, Reply::Failed(Box::new(failure)));
     }
 
     /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.

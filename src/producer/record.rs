@@ -85,9 +85,35 @@ impl CallAttempt {
 /// The outcome of one record.
 pub type RecordResult = Result<Receipt, RecordFailure>;
 
-/// What travels back on a record's channel: the rare failure boxed, so every receipt does not
-/// move a failure-sized slot.
-pub(crate) type Reply = Result<Receipt, Box<RecordFailure>>;
+/// A Kinesis record that was stored, shared by the user records it carried: each of them gets
+/// its receipt from it when its future is polled, so resolving a record sends two words, not a
+/// receipt (and a dropped future costs nothing to resolve).
+#[derive(Debug)]
+pub(crate) struct StoredKinesisRecord {
+    pub shard_id: Arc<str>,
+    pub sequence_number: Arc<str>,
+    /// Its PutRecords attempts; the last one stored it.
+    pub attempts: Vec<CallAttempt>,
+    /// The producer id of its user records' dedup ids, if they carry them.
+    pub dedup_producer: Option<u64>,
+}
+
+/// What travels back on a record's channel. Small on purpose: every record allocates one
+/// channel, and a small one is a cheap allocation.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Stored as user record `sub` of `kinesis`; `seq` is its number in the producer.
+    Stored {
+        kinesis: Arc<StoredKinesisRecord>,
+        sub: u32,
+        seq: u64,
+    },
+    /// Stored after attempts in earlier Kinesis records (it was re-aggregated): the receipt,
+    /// built in full.
+    Receipt(Box<Receipt>),
+    /// Failed for good.
+    Failed(Box<RecordFailure>),
+}
 
 /// Resolves when the record is stored or has failed. Dropping it does not cancel the record:
 /// the producer still sends it, and the buffer room it holds returns when it resolves.
@@ -95,21 +121,101 @@ pub(crate) type Reply = Result<Receipt, Box<RecordFailure>>;
 #[must_use = "a record's outcome is only known by awaiting its future"]
 pub struct RecordFuture {
     rx: oneshot::Receiver<Reply>,
+    /// When `send` accepted it: attempts are reported relative to it.
+    received: Instant,
 }
 
 impl Future for RecordFuture {
     type Output = RecordResult;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let received = self.received;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_or_else(|_| Err(lost()), |reply| reply.into_result(received)))
+    }
+}
+
+/// Resolves when every record of a [`Producer::send_batch`](crate::producer::Producer::send_batch)
+/// is stored or has failed, to their outcomes in the batch's order. Dropping it does not cancel
+/// the records.
+#[derive(Debug)]
+#[must_use = "a batch's outcomes are only known by awaiting its future"]
+pub struct BatchFuture {
+    rx: oneshot::Receiver<Vec<Reply>>,
+    received: Instant,
+    len: usize,
+}
+
+impl BatchFuture {
+    pub(crate) fn new(len: usize, received: Instant) -> (oneshot::Sender<Vec<Reply>>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, BatchFuture { rx, received, len })
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Future for BatchFuture {
+    type Output = Vec<RecordResult>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (received, len) = (self.received, self.len);
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(Ok(receipt)) => Ok(receipt),
-            Ok(Err(failure)) => Err(*failure),
-            Err(_) => Err(RecordFailure {
-                reason: FailureReason::Lost,
-                attempts: Vec::new(),
-                record: None,
-            }),
+            Ok(replies) => replies
+                .into_iter()
+                .map(|reply| reply.into_result(received))
+                .collect(),
+            Err(_) => (0..len).map(|_| Err(lost())).collect(),
         })
     }
+}
+
+impl Reply {
+    /// The caller's view of a record's outcome; `received`: when `send` took it.
+    fn into_result(self, received: Instant) -> RecordResult {
+        match self {
+            Reply::Stored { kinesis, sub, seq } => Ok(Receipt {
+                shard_id: kinesis.shard_id.clone(),
+                sequence_number: kinesis.sequence_number.clone(),
+                sub_sequence_number: u64::from(sub),
+                attempts: kinesis
+                    .attempts
+                    .iter()
+                    .map(|a| a.for_record(received))
+                    .collect(),
+                dedup_id: kinesis
+                    .dedup_producer
+                    .map(|producer| DedupId { producer, seq }),
+            }),
+            Reply::Receipt(receipt) => Ok(*receipt),
+            Reply::Failed(failure) => Err(*failure),
+        }
+    }
+}
+
+/// A record whose outcome the pipeline never sent (it stopped: a bug).
+fn lost() -> RecordFailure {
+    RecordFailure {
+        reason: FailureReason::Lost,
+        attempts: Vec::new(),
+        record: None,
+    }
+}
+
+/// Where a record's outcome goes.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// Its own future (`send`).
+    One(oneshot::Sender<Reply>),
+    /// Slot `index` of batch `batch` in the pipeline's open batches (`send_batch`).
+    Batch { batch: u32, index: u32 },
 }
 
 /// The producer's buffer room: records and bytes accepted by `send` and not yet resolved.
@@ -139,7 +245,7 @@ pub(crate) struct PendingRecord {
     pub record: UserRecord,
     /// Routing hash; filled in by the pipeline task (a cache avoids re-hashing hot keys).
     pub hash_key: HashKey,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: ReplyTo,
     pub received: Instant,
     /// Attempts made while the record was in an earlier Kinesis record (it is re-aggregated
     /// after a wrong-shard put or a reshard).
@@ -166,14 +272,14 @@ impl PendingRecord {
             PendingRecord {
                 record,
                 hash_key,
-                reply: tx,
+                reply: ReplyTo::One(tx),
                 received,
                 attempts: Vec::new(),
                 epoch: 0,
                 seq: 0,
                 held_bytes,
             },
-            RecordFuture { rx },
+            RecordFuture { rx, received },
         )
     }
 }
