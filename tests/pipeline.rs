@@ -657,3 +657,50 @@ async fn a_batch_with_a_bad_record_or_too_big_for_the_buffer_is_handed_back_whol
     let err = p.send_batch(vec![record(1, 1)]).await.unwrap_err();
     assert_eq!(err.reason, SendErrorReason::Closed);
 }
+
+/// The producer keeps no copy of a user record once it is in an aggregate: a failed or expired
+/// record is rebuilt from the (compressed) Kinesis record that carried it. It must come back
+/// exactly as it was sent, explicit hash key included.
+#[tokio::test(start_paused = true)]
+async fn failed_and_expired_records_come_back_intact_from_compressed_aggregates() {
+    use kpl::producer::Compression;
+    let fake = Arc::new(MemoryKinesis::new(2));
+    fake.set_plan(|call| match call.index {
+        0 => Plan::FailEntries(vec![Some("KMSDisabledException".into()); 500]),
+        _ => Plan::FailEntries(vec![Some("InternalFailure".into()); 500]),
+    });
+    let config = ProducerConfig {
+        compression: Compression::Zstd { level: 1 },
+        record_ttl: Duration::from_secs(2),
+        max_attempts: 1000,
+        ..Default::default()
+    };
+    let p = producer(&fake, config).await;
+    let mut records: Vec<_> = (0..400).map(|i| record(i, 7)).collect();
+    records[5] = records[5]
+        .clone()
+        .with_explicit_hash_key(HashKey(u128::MAX / 3));
+    let first = send_all(&p, records[..200].to_vec()).await;
+    p.flush().await;
+    let second = send_all(&p, records[200..].to_vec()).await;
+    p.flush().await;
+    // Alone in its Kinesis record: sent as its own data, compressed.
+    let lone = UserRecord::new("lone", "y".repeat(5_000));
+    let third = send_all(&p, vec![lone.clone()]).await;
+    let (first, second) = (outcomes(first).await, outcomes(second).await);
+    let third = outcomes(third).await.pop().unwrap().unwrap_err();
+    assert_eq!(third.record, Some(lone));
+    p.shutdown().await;
+    for (r, outcome) in records.iter().zip(first.iter().chain(&second)) {
+        let failure = outcome.as_ref().expect_err("nothing is stored");
+        assert_eq!(failure.record.as_ref(), Some(r));
+    }
+    assert!(first.iter().all(|o| matches!(
+        o.as_ref().unwrap_err().reason,
+        FailureReason::Fatal { .. }
+    )));
+    assert!(second.iter().all(|o| matches!(
+        o.as_ref().unwrap_err().reason,
+        FailureReason::Expired { .. }
+    )));
+}

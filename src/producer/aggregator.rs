@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
 use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full};
+use crate::codec::deaggregate::Deaggregator;
 use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY, DedupId};
 use crate::fxhash::FxHashMap;
@@ -41,12 +42,43 @@ pub(crate) struct KinesisRecordOut {
     pub attempts: Vec<CallAttempt>,
     /// Strict ordering: the shard queue this record blocks until it resolves.
     pub lane: Option<Arc<str>>,
+    /// `entry.data` is a KPL aggregate (not one record's data as is).
+    pub aggregated: bool,
+    /// What `entry.data` was before compression, if it was compressed.
+    pub uncompressed: Option<Bytes>,
 }
 
 impl KinesisRecordOut {
     /// Bytes the service counts: partition key + data.
     pub fn billed_bytes(&self) -> usize {
         self.entry.billed_bytes()
+    }
+
+    /// Puts each user record's partition key and data back from the Kinesis record: the
+    /// aggregator drops them once they are in it (freeing them while they are still in the
+    /// cache, and holding each byte once). For the rare paths that aggregate records again or
+    /// hand them back to the caller.
+    pub fn restore_user_records(&mut self) {
+        let data = self.uncompressed.as_ref().unwrap_or(&self.entry.data);
+        if !self.aggregated {
+            for user in &mut self.records {
+                user.record.partition_key = self.entry.partition_key.clone();
+                user.record.data = data.clone();
+            }
+            return;
+        }
+        let decoded = Deaggregator::new()
+            .deaggregate(data, &self.entry.partition_key, None)
+            .expect("kpl reads the aggregates it wrote");
+        assert_eq!(
+            decoded.len(),
+            self.records.len(),
+            "an aggregate holds its user records"
+        );
+        for (user, d) in self.records.iter_mut().zip(decoded) {
+            user.record.partition_key = d.partition_key;
+            user.record.data = d.data;
+        }
     }
 
     /// The earliest `received` among its user records.
@@ -158,7 +190,7 @@ impl Aggregator {
     /// when it changes).
     pub fn push(
         &mut self,
-        record: PendingRecord,
+        mut record: PendingRecord,
         map: &ShardMap,
         grouping: Grouping,
         out: &mut Vec<KinesisRecordOut>,
@@ -172,6 +204,7 @@ impl Aggregator {
         let dedup = self.dedup_producer;
         if let Some(open) = self.open.get_mut(&key) {
             if push_into(&mut open.builder, &record, dedup).is_ok() {
+                strip(&mut record);
                 open.single_hash &= open.first_hash == hash;
                 open.records.push(record);
                 if open.records.len() >= self.limits.max_count {
@@ -186,6 +219,7 @@ impl Aggregator {
             .pop()
             .unwrap_or_else(|| AggregateBuilder::new(self.limits));
         push_into(&mut builder, &record, dedup).expect("an empty aggregate accepts any record");
+        strip(&mut record);
         // The buffered time counts from when the record reached the pipeline: a record that
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
@@ -277,7 +311,8 @@ impl Aggregator {
     fn seal(&mut self, mut open: Open) -> KinesisRecordOut {
         let len = open.records.len();
         self.list_capacity = len.max(self.list_capacity - self.list_capacity / 256);
-        let buf = if open.builder.is_aggregate() {
+        let aggregated = open.builder.is_aggregate();
+        let buf = if aggregated {
             match self.spare_buffers.pop() {
                 Some(buf) => {
                     self.kept_bytes -= buf.capacity();
@@ -293,12 +328,12 @@ impl Aggregator {
             .finish_into(buf)
             .expect("an open aggregate holds at least one record");
         self.spare.push(open.builder);
+        let mut uncompressed = None;
         if let Some(compressor) = &mut self.compressor
             && let Some(framed) = compressor.compress_bytes(&record.data)
         {
-            // Compressed into a new buffer: the aggregate's is free again.
-            let aggregate = std::mem::replace(&mut record.data, framed);
-            self.recycle_data(aggregate);
+            // Kept until the record resolves: the user records are restored from it if needed.
+            uncompressed = Some(std::mem::replace(&mut record.data, framed));
         }
         KinesisRecordOut {
             entry: PutRecordsEntry {
@@ -313,8 +348,17 @@ impl Aggregator {
             deadline: open.deadline,
             attempts: Vec::new(),
             lane: None,
+            aggregated,
+            uncompressed,
         }
     }
+}
+
+/// Drops a user record's partition key and data once they are in an aggregate (see
+/// [`KinesisRecordOut::restore_user_records`]).
+fn strip(record: &mut PendingRecord) {
+    record.record.partition_key = String::new();
+    record.record.data = Bytes::new();
 }
 
 /// Adds `record` to `builder`, tagged with its dedup id if `dedup_producer` is set.

@@ -63,6 +63,7 @@ pub(crate) struct BatchInput {
 
 /// A batch whose records are not all resolved: their outcomes so far.
 struct OpenBatch {
+    len: usize,
     replies: Vec<Option<Reply>>,
     remaining: usize,
     reply: oneshot::Sender<Vec<Reply>>,
@@ -270,10 +271,10 @@ impl Pipeline {
                         (self.batches.len() - 1) as u32
                     }
                 };
-                let mut replies = Vec::with_capacity(len);
-                replies.resize_with(len, || None);
                 self.batches[slot as usize] = Some(OpenBatch {
-                    replies,
+                    len,
+                    // Filled in on the first outcome, unless the future is gone by then.
+                    replies: Vec::new(),
                     remaining: len,
                     reply: batch.reply,
                 });
@@ -282,6 +283,7 @@ impl Pipeline {
                 for (index, record) in batch.records.into_iter().enumerate() {
                     let billed = record.billed_bytes() as u64;
                     bytes += billed;
+                    let held_bytes = billed.clamp(1, max_held) as u32;
                     self.accept(PendingRecord {
                         hash_key: record.explicit_hash_key.unwrap_or_default(),
                         record,
@@ -294,7 +296,8 @@ impl Pipeline {
                         epoch: 0,
                         seq: 0,
                         // As `send_batch` counted it.
-                        held_bytes: billed.clamp(1, max_held) as u32,
+                        held_bytes,
+                        billed: billed as u32,
                     });
                 }
                 self.metrics.record_received(len as u64, bytes);
@@ -343,6 +346,9 @@ impl Pipeline {
                     .expect("a batch stays open until its last record resolves");
                 // A dropped batch future wants no outcomes: skip building them up.
                 if !open.reply.is_closed() {
+                    if open.replies.is_empty() {
+                        open.replies.resize_with(open.len, || None);
+                    }
                     open.replies[index as usize] = Some(reply);
                 }
                 open.remaining -= 1;
@@ -706,6 +712,7 @@ impl Pipeline {
     /// Breaks a Kinesis record into its user records and aggregates them again.
     fn reaggregate(&mut self, mut record: KinesisRecordOut) {
         self.release(&mut record);
+        record.restore_user_records();
         for mut user in record.records {
             user.attempts
                 .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
@@ -717,6 +724,7 @@ impl Pipeline {
     /// Fails the user records whose TTL is over; the rest are aggregated again.
     fn expire(&mut self, mut record: KinesisRecordOut, now: Instant) {
         self.release(&mut record);
+        record.restore_user_records();
         let ttl = self.config.record_ttl;
         let last_error = last_error(&record);
         let call_attempts = record.attempts;
@@ -833,7 +841,7 @@ impl Pipeline {
             dedup_producer: self.dedup_producer,
         });
         for (index, user) in users.drain(..).enumerate() {
-            user_bytes += user.record.billed_bytes() as u64;
+            user_bytes += u64::from(user.billed);
             let retries = (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
             self.metrics.retries_per_record(retries as u64);
             self.settle(user.epoch, user.held_bytes);
@@ -867,6 +875,9 @@ impl Pipeline {
         self.aggregator.recycle(users);
         self.aggregator
             .recycle_data(std::mem::take(&mut record.entry.data));
+        if let Some(aggregate) = record.uncompressed.take() {
+            self.aggregator.recycle_data(aggregate);
+        }
     }
 
     fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
@@ -879,6 +890,7 @@ impl Pipeline {
 
     fn fail_all(&mut self, mut record: KinesisRecordOut, reason: FailureReason) {
         self.release(&mut record);
+        record.restore_user_records();
         for mut user in record.records {
             user.attempts
                 .extend(record.attempts.iter().map(|a| a.for_record(user.received)));

@@ -257,6 +257,8 @@ pub(crate) struct PendingRecord {
     pub seq: u64,
     /// Buffer room it holds: one record and this many bytes (0: none, e.g. in unit tests).
     pub held_bytes: u32,
+    /// Partition key + data bytes, as the service counts them.
+    pub billed: u32,
 }
 
 impl PendingRecord {
@@ -268,6 +270,7 @@ impl PendingRecord {
     ) -> (PendingRecord, RecordFuture) {
         let (tx, rx) = oneshot::channel();
         let hash_key = record.explicit_hash_key.unwrap_or_default();
+        let billed = record.billed_bytes() as u32;
         (
             PendingRecord {
                 record,
@@ -278,6 +281,7 @@ impl PendingRecord {
                 epoch: 0,
                 seq: 0,
                 held_bytes,
+                billed,
             },
             RecordFuture { rx, received },
         )

@@ -223,6 +223,8 @@ mod tests {
             deadline: Instant::now(),
             attempts: Vec::new(),
             lane: None,
+            aggregated: false,
+            uncompressed: None,
         }
     }
 

@@ -113,6 +113,8 @@ impl CollectorStage {
                     deadline: now,
                     attempts: Vec::new(),
                     lane: None,
+                    aggregated: false,
+                    uncompressed: None,
                 })
                 .collect(),
         )
