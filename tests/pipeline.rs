@@ -695,10 +695,11 @@ async fn failed_and_expired_records_come_back_intact_from_compressed_aggregates(
         let failure = outcome.as_ref().expect_err("nothing is stored");
         assert_eq!(failure.record.as_ref(), Some(r));
     }
-    assert!(first.iter().all(|o| matches!(
-        o.as_ref().unwrap_err().reason,
-        FailureReason::Fatal { .. }
-    )));
+    assert!(
+        first
+            .iter()
+            .all(|o| matches!(o.as_ref().unwrap_err().reason, FailureReason::Fatal { .. }))
+    );
     assert!(second.iter().all(|o| matches!(
         o.as_ref().unwrap_err().reason,
         FailureReason::Expired { .. }

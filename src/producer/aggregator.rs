@@ -22,14 +22,16 @@ use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY, DedupId};
 use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
-use crate::producer::record::{CallAttempt, PendingRecord};
+use crate::producer::record::{CallAttempt, RecordState};
 use crate::producer::shard_map::ShardMap;
+use crate::record::UserRecord;
 
 /// A Kinesis record on its way: one PutRecords entry and the user records it carries.
 #[derive(Debug)]
 pub(crate) struct KinesisRecordOut {
     pub entry: PutRecordsEntry,
-    pub records: Vec<PendingRecord>,
+    /// Its user records, in order (their keys and data are in `entry`).
+    pub records: Vec<RecordState>,
     /// The shard it is predicted to land on.
     pub shard: Arc<str>,
     /// The shard map version that prediction came from.
@@ -54,18 +56,22 @@ impl KinesisRecordOut {
         self.entry.billed_bytes()
     }
 
-    /// Puts each user record's partition key and data back from the Kinesis record: the
-    /// aggregator drops them once they are in it (freeing them while they are still in the
-    /// cache, and holding each byte once). For the rare paths that aggregate records again or
-    /// hand them back to the caller.
-    pub fn restore_user_records(&mut self) {
+    /// Its user records rebuilt from the Kinesis record, in order: the aggregator keeps only
+    /// their states. For the rare paths that aggregate records again or hand them back to the
+    /// caller.
+    pub fn user_records(&self) -> Vec<UserRecord> {
         let data = self.uncompressed.as_ref().unwrap_or(&self.entry.data);
+        let explicit = |state: &RecordState| state.explicit.then_some(state.hash_key);
         if !self.aggregated {
-            for user in &mut self.records {
-                user.record.partition_key = self.entry.partition_key.clone();
-                user.record.data = data.clone();
-            }
-            return;
+            return self
+                .records
+                .iter()
+                .map(|state| UserRecord {
+                    partition_key: self.entry.partition_key.clone(),
+                    explicit_hash_key: explicit(state),
+                    data: data.clone(),
+                })
+                .collect();
         }
         let decoded = Deaggregator::new()
             .deaggregate(data, &self.entry.partition_key, None)
@@ -75,10 +81,15 @@ impl KinesisRecordOut {
             self.records.len(),
             "an aggregate holds its user records"
         );
-        for (user, d) in self.records.iter_mut().zip(decoded) {
-            user.record.partition_key = d.partition_key;
-            user.record.data = d.data;
-        }
+        self.records
+            .iter()
+            .zip(decoded)
+            .map(|(state, d)| UserRecord {
+                partition_key: d.partition_key,
+                explicit_hash_key: explicit(state),
+                data: d.data,
+            })
+            .collect()
     }
 
     /// The earliest `received` among its user records.
@@ -108,7 +119,7 @@ enum Key {
 
 struct Open {
     builder: AggregateBuilder,
-    records: Vec<PendingRecord>,
+    records: Vec<RecordState>,
     deadline: Instant,
     shard: Arc<str>,
     first_hash: HashKey,
@@ -132,7 +143,7 @@ pub(crate) struct Aggregator {
     /// Emptied user-record lists of resolved Kinesis records, reused: an aggregate's list is
     /// tens of kilobytes, and a fresh one per aggregate cost more in malloc and cold memory
     /// than filling it.
-    spare_lists: Vec<Vec<PendingRecord>>,
+    spare_lists: Vec<Vec<RecordState>>,
     /// Data buffers of stored aggregates, reused for the same reason: allocating and freeing
     /// one of ~50 KB per aggregate also made glibc's malloc consolidate its free lists each
     /// time, which cost more than the MD5.
@@ -190,23 +201,23 @@ impl Aggregator {
     /// when it changes).
     pub fn push(
         &mut self,
-        mut record: PendingRecord,
+        record: &UserRecord,
+        state: RecordState,
         map: &ShardMap,
         grouping: Grouping,
         out: &mut Vec<KinesisRecordOut>,
     ) {
         self.map_version = map.version();
-        let hash = record.hash_key;
+        let hash = state.hash_key;
         let key = match grouping {
             Grouping::ByShard => Key::Shard(map.index_of(hash)),
             Grouping::ByHashKey => Key::Hash(hash.0),
         };
         let dedup = self.dedup_producer;
         if let Some(open) = self.open.get_mut(&key) {
-            if push_into(&mut open.builder, &record, dedup).is_ok() {
-                strip(&mut record);
+            if push_into(&mut open.builder, record, &state, dedup).is_ok() {
                 open.single_hash &= open.first_hash == hash;
-                open.records.push(record);
+                open.records.push(state);
                 if open.records.len() >= self.limits.max_count {
                     self.finish(key, out);
                 }
@@ -218,12 +229,12 @@ impl Aggregator {
             .spare
             .pop()
             .unwrap_or_else(|| AggregateBuilder::new(self.limits));
-        push_into(&mut builder, &record, dedup).expect("an empty aggregate accepts any record");
-        strip(&mut record);
+        push_into(&mut builder, record, &state, dedup)
+            .expect("an empty aggregate accepts any record");
         // The buffered time counts from when the record reached the pipeline: a record that
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
-        let deadline = record.received.max(Instant::now()) + self.max_buffered_time;
+        let deadline = state.received.max(Instant::now()) + self.max_buffered_time;
         let shard = map.shard(map.index_of(hash)).id.clone();
         let capacity = self.list_capacity.min(self.limits.max_count);
         let mut records = match self.spare_lists.pop() {
@@ -234,7 +245,7 @@ impl Aggregator {
             }
             None => Vec::with_capacity(capacity),
         };
-        records.push(record);
+        records.push(state);
         let open = Open {
             builder,
             records,
@@ -257,7 +268,7 @@ impl Aggregator {
     }
 
     /// Takes back an emptied user-record list for reuse.
-    pub fn recycle(&mut self, mut list: Vec<PendingRecord>) {
+    pub fn recycle(&mut self, mut list: Vec<RecordState>) {
         list.clear();
         if list.capacity() > 0 && self.kept_slots + list.capacity() <= self.keep_slots {
             self.kept_slots += list.capacity();
@@ -354,33 +365,23 @@ impl Aggregator {
     }
 }
 
-/// Drops a user record's partition key and data once they are in an aggregate (see
-/// [`KinesisRecordOut::restore_user_records`]).
-fn strip(record: &mut PendingRecord) {
-    record.record.partition_key = String::new();
-    record.record.data = Bytes::new();
-}
-
 /// Adds `record` to `builder`, tagged with its dedup id if `dedup_producer` is set.
 fn push_into(
     builder: &mut AggregateBuilder,
-    record: &PendingRecord,
+    record: &UserRecord,
+    state: &RecordState,
     dedup_producer: Option<u64>,
 ) -> Result<(), Full> {
     match dedup_producer {
-        None => builder.try_push(&record.record, record.hash_key),
+        None => builder.try_push(record, state.hash_key),
         Some(producer) => {
             let mut buf = [0u8; DEDUP_ID_MAX_LEN];
             let id = DedupId {
                 producer,
-                seq: record.seq,
+                seq: state.seq,
             }
             .encode(&mut buf);
-            builder.try_push_tagged(
-                &record.record,
-                record.hash_key,
-                &[(DEDUP_TAG_KEY, Some(id))],
-            )
+            builder.try_push_tagged(record, state.hash_key, &[(DEDUP_TAG_KEY, Some(id))])
         }
     }
 }
@@ -389,8 +390,8 @@ fn push_into(
 mod tests {
     use super::*;
     use crate::codec::deaggregate::Deaggregator;
+    use crate::producer::record::PendingRecord;
     use crate::producer::shard_map::even_shards;
-    use crate::record::UserRecord;
 
     fn aggregator() -> Aggregator {
         let limits = AggregateLimits {
@@ -400,11 +401,18 @@ mod tests {
         Aggregator::new(limits, Duration::from_secs(1), None, None)
     }
 
-    fn pending(key: &str, data: &str) -> PendingRecord {
+    /// Pushes a record of `key` and `data`, routed by its key's MD5.
+    fn push(
+        agg: &mut Aggregator,
+        key: &str,
+        data: &str,
+        map: &ShardMap,
+        out: &mut Vec<KinesisRecordOut>,
+    ) {
         let (mut p, _) =
             PendingRecord::new(UserRecord::new(key, data.to_owned()), Instant::now(), 0);
-        p.hash_key = p.record.hash_key();
-        p
+        p.state.hash_key = p.record.hash_key();
+        agg.push(&p.record, p.state, map, Grouping::ByShard, out);
     }
 
     fn decoded(out: &KinesisRecordOut) -> Vec<(String, Bytes)> {
@@ -422,12 +430,7 @@ mod tests {
         let mut agg = aggregator();
         let mut out = Vec::new();
         for i in 0..2_000 {
-            agg.push(
-                pending(&format!("k{i}"), "data"),
-                &map,
-                Grouping::ByShard,
-                &mut out,
-            );
+            push(&mut agg, &format!("k{i}"), "data", &map, &mut out);
         }
         agg.finish_all(&mut out);
         assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 2_000);
@@ -447,12 +450,7 @@ mod tests {
         let mut agg = aggregator();
         let mut out = Vec::new();
         for i in 0..3 {
-            agg.push(
-                pending(&format!("a{i}"), "first"),
-                &map,
-                Grouping::ByShard,
-                &mut out,
-            );
+            push(&mut agg, &format!("a{i}"), "first", &map, &mut out);
         }
         agg.finish_all(&mut out);
         let first = out.pop().unwrap();
@@ -467,12 +465,7 @@ mod tests {
         assert_eq!(agg.spare_buffers.len(), 1);
 
         for i in 0..2 {
-            agg.push(
-                pending(&format!("b{i}"), "second"),
-                &map,
-                Grouping::ByShard,
-                &mut out,
-            );
+            push(&mut agg, &format!("b{i}"), "second", &map, &mut out);
         }
         agg.finish_all(&mut out);
         let second = out.pop().unwrap();
@@ -498,12 +491,7 @@ mod tests {
         let mut out = Vec::new();
         for round in 0..5 {
             for i in 0..4 {
-                agg.push(
-                    pending(&format!("k{round}-{i}"), "x"),
-                    &map,
-                    Grouping::ByShard,
-                    &mut out,
-                );
+                push(&mut agg, &format!("k{round}-{i}"), "x", &map, &mut out);
             }
             agg.finish_all(&mut out);
         }

@@ -25,7 +25,7 @@ use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
 use crate::producer::record::{
-    AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt, Reply, ReplyTo,
+    AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt, RecordState, Reply, ReplyTo,
     StoredKinesisRecord,
 };
 use crate::producer::retrier::{
@@ -257,10 +257,9 @@ impl Pipeline {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Record(record) => {
-                self.metrics
-                    .record_received(1, record.record.billed_bytes() as u64);
-                self.accept(record);
+            Input::Record(PendingRecord { record, state }) => {
+                self.metrics.record_received(1, u64::from(state.billed));
+                self.accept(record, state);
             }
             Input::Batch(batch) => {
                 let len = batch.records.len();
@@ -283,22 +282,14 @@ impl Pipeline {
                 for (index, record) in batch.records.into_iter().enumerate() {
                     let billed = record.billed_bytes() as u64;
                     bytes += billed;
+                    let reply = ReplyTo::Batch {
+                        batch: slot,
+                        index: index as u32,
+                    };
+                    // Room as `send_batch` counted it.
                     let held_bytes = billed.clamp(1, max_held) as u32;
-                    self.accept(PendingRecord {
-                        hash_key: record.explicit_hash_key.unwrap_or_default(),
-                        record,
-                        reply: ReplyTo::Batch {
-                            batch: slot,
-                            index: index as u32,
-                        },
-                        received: batch.received,
-                        attempts: Vec::new(),
-                        epoch: 0,
-                        seq: 0,
-                        // As `send_batch` counted it.
-                        held_bytes,
-                        billed: billed as u32,
-                    });
+                    let state = RecordState::of(&record, reply, batch.received, held_bytes);
+                    self.accept(record, state);
                 }
                 self.metrics.record_received(len as u64, bytes);
                 if len == 0 {
@@ -320,17 +311,18 @@ impl Pipeline {
 
     /// Takes a new record into the pipeline: its hash key, flush epoch and number, then the
     /// aggregator.
-    fn accept(&mut self, mut record: PendingRecord) {
-        if record.record.explicit_hash_key.is_none() {
-            record.hash_key = self.hash_of(&record.record.partition_key);
+    /// The record's key and data are freed here, right after the aggregator copied them.
+    fn accept(&mut self, record: UserRecord, mut state: RecordState) {
+        if !state.explicit {
+            state.hash_key = self.hash_of(&record.partition_key);
         }
-        record.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
-        record.seq = self.next_seq;
+        state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
+        state.seq = self.next_seq;
         self.next_seq += 1;
         *self.epochs.back_mut().expect("one epoch is always open") += 1;
         self.outstanding += 1;
         self.aggregator
-            .push(record, &self.map, self.grouping, &mut self.finished);
+            .push(&record, state, &self.map, self.grouping, &mut self.finished);
     }
 
     /// Delivers a record's outcome to its future, or to its batch's (which is answered when
@@ -712,35 +704,37 @@ impl Pipeline {
     /// Breaks a Kinesis record into its user records and aggregates them again.
     fn reaggregate(&mut self, mut record: KinesisRecordOut) {
         self.release(&mut record);
-        record.restore_user_records();
-        for mut user in record.records {
-            user.attempts
-                .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
+        let users = record.user_records();
+        for (mut state, user) in record.records.into_iter().zip(users) {
+            state
+                .attempts
+                .extend(record.attempts.iter().map(|a| a.for_record(state.received)));
             self.aggregator
-                .push(user, &self.map, self.grouping, &mut self.finished);
+                .push(&user, state, &self.map, self.grouping, &mut self.finished);
         }
     }
 
     /// Fails the user records whose TTL is over; the rest are aggregated again.
     fn expire(&mut self, mut record: KinesisRecordOut, now: Instant) {
         self.release(&mut record);
-        record.restore_user_records();
+        let users = record.user_records();
         let ttl = self.config.record_ttl;
         let last_error = last_error(&record);
         let call_attempts = record.attempts;
-        for mut user in record.records {
-            user.attempts
-                .extend(call_attempts.iter().map(|a| a.for_record(user.received)));
-            if user.received + ttl <= now {
+        for (mut state, user) in record.records.into_iter().zip(users) {
+            state
+                .attempts
+                .extend(call_attempts.iter().map(|a| a.for_record(state.received)));
+            if state.received + ttl <= now {
                 self.metrics.expired(1);
                 let reason = FailureReason::Expired {
                     ttl,
                     last_error: last_error.clone(),
                 };
-                self.fail_user(user, reason);
+                self.fail_user(state, user, reason);
             } else {
                 self.aggregator
-                    .push(user, &self.map, self.grouping, &mut self.finished);
+                    .push(&user, state, &self.map, self.grouping, &mut self.finished);
             }
         }
     }
@@ -890,23 +884,24 @@ impl Pipeline {
 
     fn fail_all(&mut self, mut record: KinesisRecordOut, reason: FailureReason) {
         self.release(&mut record);
-        record.restore_user_records();
-        for mut user in record.records {
-            user.attempts
-                .extend(record.attempts.iter().map(|a| a.for_record(user.received)));
-            self.fail_user(user, reason.clone());
+        let users = record.user_records();
+        for (mut state, user) in record.records.into_iter().zip(users) {
+            state
+                .attempts
+                .extend(record.attempts.iter().map(|a| a.for_record(state.received)));
+            self.fail_user(state, user, reason.clone());
         }
     }
 
-    fn fail_user(&mut self, user: PendingRecord, reason: FailureReason) {
+    fn fail_user(&mut self, state: RecordState, record: UserRecord, reason: FailureReason) {
         self.metrics.failed(1);
-        self.settle(user.epoch, user.held_bytes);
+        self.settle(state.epoch, state.held_bytes);
         let failure = RecordFailure {
             reason,
-            attempts: user.attempts,
-            record: Some(user.record),
+            attempts: state.attempts,
+            record: Some(record),
         };
-        self.reply(user.reply, Reply::Failed(Box::new(failure)));
+        self.reply(state.reply, Reply::Failed(Box::new(failure)));
     }
 
     /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.

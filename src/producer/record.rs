@@ -239,12 +239,24 @@ impl BufferRoom {
     }
 }
 
-/// A user record inside the pipeline.
+/// A user record on its way into the pipeline: the record, and what the pipeline tracks for it.
 #[derive(Debug)]
 pub(crate) struct PendingRecord {
     pub record: UserRecord,
+    pub state: RecordState,
+}
+
+/// What the pipeline tracks for a user record. Once the record is in an aggregate this is all
+/// it keeps: the key and data live in the Kinesis record (see
+/// [`KinesisRecordOut::user_records`](crate::producer::aggregator::KinesisRecordOut::user_records)),
+/// were freed right after they were copied there (still in the cache), and each aggregate's
+/// list of states stays small to move and to keep.
+#[derive(Debug)]
+pub(crate) struct RecordState {
     /// Routing hash; filled in by the pipeline task (a cache avoids re-hashing hot keys).
     pub hash_key: HashKey,
+    /// `hash_key` is the record's explicit hash key.
+    pub explicit: bool,
     pub reply: ReplyTo,
     pub received: Instant,
     /// Attempts made while the record was in an earlier Kinesis record (it is re-aggregated
@@ -261,6 +273,28 @@ pub(crate) struct PendingRecord {
     pub billed: u32,
 }
 
+impl RecordState {
+    /// The state of `record`, accepted at `received`, whose outcome goes to `reply`.
+    pub(crate) fn of(
+        record: &UserRecord,
+        reply: ReplyTo,
+        received: Instant,
+        held_bytes: u32,
+    ) -> Self {
+        RecordState {
+            hash_key: record.explicit_hash_key.unwrap_or_default(),
+            explicit: record.explicit_hash_key.is_some(),
+            reply,
+            received,
+            attempts: Vec::new(),
+            epoch: 0,
+            seq: 0,
+            held_bytes,
+            billed: record.billed_bytes() as u32,
+        }
+    }
+}
+
 impl PendingRecord {
     /// A new record and the future its caller awaits.
     pub(crate) fn new(
@@ -269,20 +303,9 @@ impl PendingRecord {
         held_bytes: u32,
     ) -> (PendingRecord, RecordFuture) {
         let (tx, rx) = oneshot::channel();
-        let hash_key = record.explicit_hash_key.unwrap_or_default();
-        let billed = record.billed_bytes() as u32;
+        let state = RecordState::of(&record, ReplyTo::One(tx), received, held_bytes);
         (
-            PendingRecord {
-                record,
-                hash_key,
-                reply: ReplyTo::One(tx),
-                received,
-                attempts: Vec::new(),
-                epoch: 0,
-                seq: 0,
-                held_bytes,
-                billed,
-            },
+            PendingRecord { record, state },
             RecordFuture { rx, received },
         )
     }

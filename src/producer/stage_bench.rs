@@ -54,7 +54,7 @@ impl AggregatorStage {
                 .into_iter()
                 .map(|r| {
                     let (mut p, _future) = PendingRecord::new(r, now, 0);
-                    p.hash_key = p.record.hash_key();
+                    p.state.hash_key = p.record.hash_key();
                     p
                 })
                 .collect(),
@@ -64,8 +64,13 @@ impl AggregatorStage {
     /// Aggregates every record, finishes every aggregate, returns how many Kinesis records.
     pub fn run(&mut self, records: PreparedRecords) -> usize {
         for r in records.0 {
-            self.aggregator
-                .push(r, &self.map, Grouping::ByShard, &mut self.out);
+            self.aggregator.push(
+                &r.record,
+                r.state,
+                &self.map,
+                Grouping::ByShard,
+                &mut self.out,
+            );
         }
         self.aggregator.finish_all(&mut self.out);
         let n = self.out.len();
