@@ -224,7 +224,7 @@ impl Metrics {
         self.facade.retries.increment(records as u64);
     }
 
-    /// A stored record needed `retries` retries.
+    /// Stored records needed `retries` retries in all.
     pub fn retries_per_record(&self, retries: u64) {
         self.c.retries_of_put.fetch_add(retries, Relaxed);
     }

@@ -327,10 +327,11 @@ impl Pipeline {
 
     /// Delivers a record's outcome to its future, or to its batch's (which is answered when
     /// its last record resolves).
-    fn reply(&mut self, to: ReplyTo, reply: Reply) {
+    /// `reply` is only built if someone still waits for it.
+    fn reply(&mut self, to: ReplyTo, reply: impl FnOnce() -> Reply) {
         match to {
             ReplyTo::One(tx) => {
-                let _ = tx.send(reply);
+                let _ = tx.send(reply());
             }
             ReplyTo::Batch { batch, index } => {
                 let open = self.batches[batch as usize]
@@ -341,7 +342,7 @@ impl Pipeline {
                     if open.replies.is_empty() {
                         open.replies.resize_with(open.len, || None);
                     }
-                    open.replies[index as usize] = Some(reply);
+                    open.replies[index as usize] = Some(reply());
                 }
                 open.remaining -= 1;
                 if open.remaining == 0 {
@@ -834,34 +835,34 @@ impl Pipeline {
             attempts: std::mem::take(&mut record.attempts),
             dedup_producer: self.dedup_producer,
         });
+        let mut retries = 0;
         for (index, user) in users.drain(..).enumerate() {
             user_bytes += u64::from(user.billed);
-            let retries = (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
-            self.metrics.retries_per_record(retries as u64);
+            retries += (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
             self.settle(user.epoch, user.held_bytes);
-            let reply = if user.attempts.is_empty() {
-                Reply::Stored {
-                    kinesis: kinesis.clone(),
-                    sub: index as u32,
-                    seq: user.seq,
+            let dedup_producer = self.dedup_producer;
+            let (attempts, received, seq) = (user.attempts, user.received, user.seq);
+            self.reply(user.reply, || {
+                if attempts.is_empty() {
+                    return Reply::Stored {
+                        kinesis: kinesis.clone(),
+                        sub: index as u32,
+                        seq,
+                    };
                 }
-            } else {
                 // Re-aggregated after earlier attempts: those are the record's own.
-                let mut attempts = user.attempts;
-                attempts.extend(kinesis.attempts.iter().map(|a| a.for_record(user.received)));
+                let mut attempts = attempts;
+                attempts.extend(kinesis.attempts.iter().map(|a| a.for_record(received)));
                 Reply::Receipt(Box::new(Receipt {
-                    shard_id: shard_id.clone(),
+                    shard_id: kinesis.shard_id.clone(),
                     sequence_number: kinesis.sequence_number.clone(),
                     sub_sequence_number: index as u64,
                     attempts,
-                    dedup_id: self.dedup_producer.map(|producer| DedupId {
-                        producer,
-                        seq: user.seq,
-                    }),
+                    dedup_id: dedup_producer.map(|producer| DedupId { producer, seq }),
                 }))
-            };
-            self.reply(user.reply, reply);
+            });
         }
+        self.metrics.retries_per_record(retries as u64);
         let kinesis_bytes = record.entry.billed_bytes() as u64;
         self.metrics
             .record_put(user_records, user_bytes, 1, kinesis_bytes);
@@ -901,7 +902,7 @@ impl Pipeline {
             attempts: state.attempts,
             record: Some(record),
         };
-        self.reply(state.reply, Reply::Failed(Box::new(failure)));
+        self.reply(state.reply, || Reply::Failed(Box::new(failure)));
     }
 
     /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.
