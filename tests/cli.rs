@@ -206,6 +206,9 @@ async fn oversize_and_keyless_lines_fail_with_exit_1_and_are_reported() {
             &server.endpoint,
             "--partition-key",
             "json:user",
+            // Smaller than a batch of lines: batches go in parts.
+            "--max-outstanding-records",
+            "1",
             "--failed",
             failed.to_str().unwrap(),
             "--summary-json",

@@ -2,8 +2,9 @@
 //!
 //! Lines are bytes: invalid UTF-8 is data. The trailing `\n` (and a `\r` before it) is removed;
 //! empty lines are skipped and counted (Kinesis gains nothing from an empty record and log
-//! pipelines are full of them). Memory stays bounded however long the input: `send` waits for
-//! buffer room, so reading slows down to what the stream accepts.
+//! pipelines are full of them). Lines go to the producer in batches (`send_batch`: up to 500
+//! lines, or what stdin had buffered). Memory stays bounded however long the input: a batch
+//! waits for buffer room, so reading slows down to what the stream accepts.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kpl::producer::{FailureReason, Producer, RecordFuture, SendErrorReason};
+use kpl::producer::{BatchFuture, FailureReason, Producer, SendErrorReason};
 use kpl::{HashKey, UserRecord};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -124,9 +125,16 @@ impl Tally {
 }
 
 enum Outcome {
-    Sent(RecordFuture, u64),
+    /// A batch of lines was taken: its future, and each record's billed bytes.
+    Sent(BatchFuture, Vec<u64>),
     Refused(Vec<u8>, String),
 }
+
+/// Lines handed to the producer at once, at most: one channel message and one future per
+/// batch instead of per line. A batch also goes as soon as stdin has nothing more buffered,
+/// so a slow trickle of lines is not held back.
+const BATCH_RECORDS: usize = 500;
+const BATCH_BYTES: u64 = 4 << 20;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.producer.config()?;
@@ -163,25 +171,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut tally = Tally::default();
     while let Some(outcome) = rx.recv().await {
         match outcome {
-            Outcome::Sent(future, bytes) => match future.await {
-                Ok(_) => {
-                    tally.stored += 1;
-                    tally.stored_bytes += bytes;
-                }
-                Err(failure) => {
-                    let reason = reason_label(&failure.reason);
-                    *tally.failed.entry(reason).or_default() += 1;
-                    if matches!(failure.reason, FailureReason::Fatal { .. })
-                        && tally.fatal.is_none()
-                    {
-                        tally.fatal = Some(failure.to_string());
-                        stop.store(true, Ordering::SeqCst);
+            Outcome::Sent(future, sizes) => {
+                for (result, bytes) in future.await.into_iter().zip(sizes) {
+                    match result {
+                        Ok(_) => {
+                            tally.stored += 1;
+                            tally.stored_bytes += bytes;
+                        }
+                        Err(failure) => {
+                            let reason = reason_label(&failure.reason);
+                            *tally.failed.entry(reason).or_default() += 1;
+                            if matches!(failure.reason, FailureReason::Fatal { .. })
+                                && tally.fatal.is_none()
+                            {
+                                tally.fatal = Some(failure.to_string());
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                            if let (Some(file), Some(record)) = (&mut failed_file, failure.record) {
+                                write_line(file, &record.data).await?;
+                            }
+                        }
                     }
-                    if let (Some(file), Some(record)) = (&mut failed_file, failure.record) {
-                        write_line(file, &record.data).await?;
-                    }
                 }
-            },
+            }
             Outcome::Refused(line, reason) => {
                 *tally.failed.entry(reason).or_default() += 1;
                 if let Some(file) = &mut failed_file {
@@ -220,7 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reads stdin until EOF or `stop`, sending one record per non-empty line.
+/// Reads stdin until EOF or `stop`, sending one record per non-empty line, in batches.
 async fn read_lines(
     producer: Producer,
     strategy: KeyStrategy,
@@ -233,42 +245,90 @@ async fn read_lines(
     let mut stdin = BufReader::with_capacity(1 << 20, tokio::io::stdin());
     let mut buf = Vec::with_capacity(4096);
     let (mut lines, mut empty) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
+    let mut batch = Vec::with_capacity(BATCH_RECORDS);
+    let mut batch_bytes = 0;
+    let mut eof = false;
+    while !eof && !stop.load(Ordering::Relaxed) {
         buf.clear();
         if stdin.read_until(b'\n', &mut buf).await? == 0 {
-            break;
-        }
-        lines += 1;
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
+            eof = true;
+        } else {
+            lines += 1;
+            if buf.last() == Some(&b'\n') {
                 buf.pop();
-            }
-        }
-        if buf.is_empty() {
-            empty += 1;
-            continue;
-        }
-        let outcome = match strategy.key_for(&buf, &mut rng) {
-            Err(reason) => Outcome::Refused(buf.clone(), format!("partition key: {reason}")),
-            Ok(key) => {
-                let mut record = UserRecord::new(key, buf.clone());
-                if let Some(h) = ehk {
-                    record = record.with_explicit_hash_key(h);
-                }
-                let bytes = record.billed_bytes() as u64;
-                match producer.send(record).await {
-                    Ok(future) => Outcome::Sent(future, bytes),
-                    Err(e) if e.reason == SendErrorReason::Closed => break,
-                    Err(e) => Outcome::Refused(e.record.data.to_vec(), e.reason.to_string()),
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
                 }
             }
-        };
-        if tx.send(outcome).await.is_err() {
-            break;
+            if buf.is_empty() {
+                empty += 1;
+            } else {
+                match strategy.key_for(&buf, &mut rng) {
+                    Err(reason) => {
+                        let refused =
+                            Outcome::Refused(buf.clone(), format!("partition key: {reason}"));
+                        if tx.send(refused).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(key) => {
+                        let mut record = UserRecord::new(key, buf.clone());
+                        if let Some(h) = ehk {
+                            record = record.with_explicit_hash_key(h);
+                        }
+                        batch_bytes += record.billed_bytes() as u64;
+                        batch.push(record);
+                    }
+                }
+            }
+        }
+        let full = batch.len() >= BATCH_RECORDS || batch_bytes >= BATCH_BYTES;
+        if full || eof || stdin.buffer().is_empty() {
+            let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_RECORDS));
+            batch_bytes = 0;
+            if !send_batch(&producer, records, &tx).await {
+                break;
+            }
         }
     }
     Ok((lines, empty))
+}
+
+/// Hands `records` to the producer, in order. A record it refuses is reported and the rest
+/// go again; a batch bigger than the whole buffer (a small `--max-outstanding-*`) goes in
+/// halves. False once nothing more can be sent (producer closed, or nobody reads outcomes).
+async fn send_batch(
+    producer: &Producer,
+    records: Vec<UserRecord>,
+    tx: &mpsc::Sender<Outcome>,
+) -> bool {
+    let mut pending = vec![records];
+    while let Some(records) = pending.pop() {
+        if records.is_empty() {
+            continue;
+        }
+        let sizes = records.iter().map(|r| r.billed_bytes() as u64).collect();
+        let outcome = match producer.send_batch(records).await {
+            Ok(future) => Outcome::Sent(future, sizes),
+            Err(e) if e.reason == SendErrorReason::Closed => return false,
+            Err(e) => {
+                let mut records = e.records;
+                let Some(i) = e.index else {
+                    let second = records.split_off(records.len() / 2);
+                    pending.push(second);
+                    pending.push(records);
+                    continue;
+                };
+                let refused = records.remove(i);
+                pending.push(records);
+                Outcome::Refused(refused.data.to_vec(), e.reason.to_string())
+            }
+        };
+        if tx.send(outcome).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn watch_signals(stop: Arc<AtomicBool>) {
