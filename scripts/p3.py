@@ -315,7 +315,7 @@ def main():
     try:
         api = client(server.endpoint)
         wait_ready(server, api)
-        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-one-thread", "p3-kpl-closed-loop"):
+        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-one-thread", "p3-kpl-batches", "p3-kpl-closed-loop"):
             create_stream(api, s, args.shards)
         print(f"p3: kinesalite {server.endpoint}, {args.shards} shards; aiokpl {args.records} records...", file=sys.stderr)
         a = run_aiokpl(server, api, "p3-aiokpl", args.records, args.seed)
@@ -327,6 +327,9 @@ def main():
         # aiokpl runs on one thread (asyncio): so can kpl.
         k_one = run_kpl(server, api, args.kpl, "p3-kpl-one-thread", same_seconds,
                         rate=a["user_records_per_second"], extra=("--threads", "1"))
+        # The same, handing records over 64 at a time (send_batch) instead of one by one.
+        k_batches = run_kpl(server, api, args.kpl, "p3-kpl-batches", same_seconds,
+                            rate=a["user_records_per_second"], extra=("--threads", "1", "--send-batch", "64"))
         k_closed = run_kpl(server, api, args.kpl, "p3-kpl-closed-loop", args.kpl_seconds)
     finally:
         server.stop()
@@ -342,12 +345,15 @@ def main():
         "aiokpl": a,
         "kpl_same_rate": k_same,
         "kpl_same_rate_one_thread": k_one,
+        "kpl_same_rate_batches": k_batches,
         "kpl_closed_loop": k_closed,
         "aws_kinesis_agg": g,
         "cpu_ratio_aiokpl_over_kpl_same_rate": a["cpu_seconds_per_million_user_records"]
         / k_same["cpu_seconds_per_million_user_records"],
         "cpu_ratio_aiokpl_over_kpl_one_thread": a["cpu_seconds_per_million_user_records"]
         / k_one["cpu_seconds_per_million_user_records"],
+        "cpu_ratio_aiokpl_over_kpl_batches": a["cpu_seconds_per_million_user_records"]
+        / k_batches["cpu_seconds_per_million_user_records"],
         "cpu_ratio_aiokpl_over_kpl_closed_loop": a["cpu_seconds_per_million_user_records"]
         / k_closed["cpu_seconds_per_million_user_records"],
     }

@@ -226,6 +226,35 @@ async fn a_hang_times_out_without_storing_and_a_lost_response_times_out_after_st
     assert_eq!((stats.hangs, stats.lost_responses), (1, 1));
 }
 
+/// A lost answer is work the service did: the shard limits apply to it like to any put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_still_counts_against_the_shard_limits() {
+    let sim = sim(true, 1).await;
+    let c = client(&sim, 100).await;
+    sim.set_faults(Faults {
+        lost_response_probability: 1.0,
+        hang_ms: 150,
+        ..Default::default()
+    });
+    for call in 0..6 {
+        let err = c
+            .put_records(&stream(), entries(call * 500, 500, 20))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ApiErrorKind::Timeout, "{err:?}");
+    }
+    sim.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stored = stored_data(&sim).await.len();
+    let stats = sim.stats();
+    assert_eq!(stats.lost_responses, 6);
+    assert!(
+        (900..=2_200).contains(&stored),
+        "stored {stored} of 3000 sent in about 1.5 s to one shard"
+    );
+    assert_eq!(stats.limit_throttled as usize, 3_000 - stored);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_added() {
     let sim = sim(false, 1).await;

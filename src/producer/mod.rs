@@ -1,7 +1,7 @@
 //! The producer: hand it records, get back where each one landed.
 //!
 //! ```text
-//!  send(record) ──► validate ──► buffer permits ──┐            (caller's task)
+//!  send(_batch) ──► validate ──► buffer permits ──┐            (caller's task)
 //!                                                 │ channel
 //! ┌───────────────────────────────────────────────▼───────────── pipeline task ──┐
 //! │ record      hash key: explicit, or MD5(partition key) through a key cache    │
@@ -18,7 +18,7 @@
 //! │             fatal / attempts / TTL ─► failures                               │
 //! └───────────────────────────────────────────────┬──────────────────────────────┘
 //!                                                 ▼
-//!                          RecordFuture ─► Ok(Receipt) | Err(RecordFailure)
+//!                 RecordFuture, BatchFuture ─► Ok(Receipt) | Err(RecordFailure) each
 //! ```
 //!
 //! # Delivery
@@ -32,7 +32,7 @@
 //! # Backpressure
 //! Each unresolved record holds buffer room (`max_outstanding_records`, `max_outstanding_bytes`).
 //! [`Producer::send`] waits for room; [`Producer::try_send`] fails at once and hands the record
-//! back. Room returns when the record resolves; dropping a [`RecordFuture`] does not cancel the
+//! back; [`Producer::send_batch`] waits for room for a whole batch at once. Room returns when the record resolves; dropping a [`RecordFuture`] does not cancel the
 //! record and does not leak room.
 //!
 //! # Shutting down

@@ -156,7 +156,9 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
     } else {
         Decision::Pass
     };
-    match decision {
+    // A lost answer: the service does the work (shard limits included) and the answer never
+    // arrives in time. Injected entry failures are not drawn for it.
+    let lose = match decision {
         Decision::Error(fault) => return error_response(&fault),
         Decision::Hang => {
             tokio::time::sleep(hang).await;
@@ -166,37 +168,47 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
                 probability: 1.0,
             });
         }
-        Decision::LoseResponse => {
-            let entries = parsed
-                .as_ref()
-                .and_then(|b| b.get("Records"))
-                .and_then(Value::as_array)
-                .map_or(1, Vec::len);
-            {
-                let mut s = shared.lock();
-                s.stats.entries_seen += entries as u64;
-                s.stats.entries_forwarded += entries as u64;
-            }
-            let response = next.run(rebuild(bytes)).await;
-            tokio::time::sleep(hang).await;
-            return response;
-        }
-        Decision::Pass => {}
+        Decision::LoseResponse => true,
+        Decision::Pass => false,
+    };
+    let fates = Fates {
+        inject: targeted && !lose,
+        count: targeted,
+    };
+    let response = put_entries(shared, batch, fates, parsed, bytes, rebuild, next).await;
+    if lose {
+        tokio::time::sleep(hang).await;
     }
+    response
+}
+
+/// How a put's entries are decided: draw injected failures, count them in the stats.
+#[derive(Clone, Copy)]
+struct Fates {
+    inject: bool,
+    count: bool,
+}
+
+/// A put past the request-level faults: each entry's fate (an injected failure, a shard
+/// limit's throttle, or the store), merged into one answer.
+async fn put_entries(
+    shared: &Shared,
+    batch: bool,
+    how: Fates,
+    parsed: Option<Value>,
+    bytes: Bytes,
+    rebuild: impl Fn(Bytes) -> Request,
+    next: Next,
+) -> Response {
     let Some(mut body) = parsed else {
         return next.run(rebuild(bytes)).await;
     };
     let stream = stream_of(&body).map(str::to_owned);
     if !batch {
-        let fate = entry_fates(
-            shared,
-            targeted,
-            stream.as_deref(),
-            std::slice::from_ref(&body),
-        )
-        .await
-        .pop()
-        .flatten();
+        let fate = entry_fates(shared, how, stream.as_deref(), std::slice::from_ref(&body))
+            .await
+            .pop()
+            .flatten();
         return match fate {
             Some(code) => error_response(&RequestFault {
                 code,
@@ -210,7 +222,7 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
         Some(entries) => std::mem::take(entries),
         None => return next.run(rebuild(bytes)).await,
     };
-    let fates = entry_fates(shared, targeted, stream.as_deref(), &entries).await;
+    let fates = entry_fates(shared, how, stream.as_deref(), &entries).await;
     if fates.iter().all(Option::is_none) {
         return next.run(rebuild(bytes)).await;
     }
@@ -261,25 +273,27 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
         .into_response()
 }
 
-/// What happens to each entry of a put: an injected failure (targeted requests only), a shard
-/// limit's throttle, or `None` (passed to the store). Counts targeted entries in the stats.
+/// What happens to each entry of a put: an injected failure (if `how.inject`), a shard
+/// limit's throttle, or `None` (passed to the store). Counts entries in the stats if
+/// `how.count` (targeted requests).
 async fn entry_fates(
     shared: &Shared,
-    targeted: bool,
+    how: Fates,
     stream: Option<&str>,
     entries: &[Value],
 ) -> Vec<Option<String>> {
-    let mut fates = if targeted {
-        let mut s = shared.lock();
-        s.stats.entries_seen += entries.len() as u64;
-        s.decide_entries(entries.len())
+    if how.count {
+        shared.lock().stats.entries_seen += entries.len() as u64;
+    }
+    let mut fates = if how.inject {
+        shared.lock().decide_entries(entries.len())
     } else {
         vec![None; entries.len()]
     };
     if let Some(stream) = stream {
         apply_limits(shared, stream, entries, &mut fates).await;
     }
-    if targeted {
+    if how.count {
         shared.lock().stats.entries_forwarded +=
             fates.iter().filter(|f| f.is_none()).count() as u64;
     }

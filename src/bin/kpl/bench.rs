@@ -17,7 +17,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use kpl::UserRecord;
 use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
-use kpl::producer::{MetricsSnapshot, Producer, RecordFuture};
+use kpl::producer::{BatchFuture, MetricsSnapshot, Producer, RecordFuture};
 use kpl::sim::{Sim, SimConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -60,6 +60,10 @@ pub struct Args {
     /// takes them (closed loop).
     #[arg(long)]
     rate: Option<f64>,
+    /// Hand records over with `send_batch`, this many at a time, instead of `send` one by one.
+    /// A record's latency is then its batch's: until the last of its records is stored.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    send_batch: Option<u64>,
     /// Seed of the load generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -247,6 +251,29 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// What a load step waits for: one record's future, or a batch's.
+enum Outcomes {
+    One(RecordFuture),
+    Batch(BatchFuture),
+}
+
+impl Outcomes {
+    /// Records stored and records failed.
+    async fn stored(self) -> (u64, u64) {
+        match self {
+            Outcomes::One(future) => match future.await {
+                Ok(_) => (1, 0),
+                Err(_) => (0, 1),
+            },
+            Outcomes::Batch(future) => {
+                let results = future.await;
+                let stored = results.iter().filter(|r| r.is_ok()).count() as u64;
+                (stored, results.len() as u64 - stored)
+            }
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.print_records {
         let mut load = Load::new(&args);
@@ -319,7 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Receipts are awaited in send order on their own task: latency send -> ack.
     // Receipts are awaited in whatever order they resolve: awaiting them in send order would
     // hold the load generator behind the slowest record (a throttled one in backoff).
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, RecordFuture)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Outcomes)>();
     let failed = Arc::new(AtomicU64::new(0));
     let latency = {
         let failed = failed.clone();
@@ -330,15 +357,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             loop {
                 tokio::select! {
                     item = rx.recv(), if open => match item {
-                        Some((sent, future)) => pending.push(async move { (sent, future.await) }),
+                        Some((sent, outcomes)) => pending.push(async move { (sent, outcomes.stored().await) }),
                         None => open = false,
                     },
-                    Some((sent, result)) = pending.next(), if !pending.is_empty() => {
-                        if result.is_ok() {
-                            let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                    Some((sent, (stored, lost))) = pending.next(), if !pending.is_empty() => {
+                        let micros = sent.elapsed().as_micros().max(1) as u64;
+                        let _ = hist.record_n(micros, stored);
+                        failed.fetch_add(lost, Ordering::Relaxed);
                     }
                     else => break,
                 }
@@ -414,13 +439,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep_until(due).await;
                 }
             }
+            if let Some(n) = args.send_batch {
+                let records: Vec<UserRecord> = (0..n).map(|_| load.next()).collect();
+                let sent = Instant::now();
+                match producer.send_batch(records).await {
+                    Ok(future) => {
+                        offered += n;
+                        if tx.send((sent, Outcomes::Batch(future))).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => anyhow::bail!("the producer refused a batch: {e}"),
+                }
+                continue;
+            }
             for _ in 0..64 {
                 let record = load.next();
                 let sent = Instant::now();
                 match producer.send(record).await {
                     Ok(future) => {
                         offered += 1;
-                        if tx.send((sent, future)).is_err() {
+                        if tx.send((sent, Outcomes::One(future))).is_err() {
                             return Ok(());
                         }
                     }
@@ -525,6 +564,7 @@ fn build_report(
             "key_dist": args.key_dist.0.map_or("uniform".to_owned(), |s| format!("zipf:{s}")),
             "payload": args.payload,
             "rate": args.rate,
+            "send_batch": args.send_batch,
             "user_records_offered": offered,
         },
         "user_records_put": end.user_records_put,
