@@ -109,7 +109,6 @@ on `aggregated_batches_of_1000` puts MD5 at ~23-26 % of the samples and the firs
 cold record at ~12 %. `send` adds a oneshot channel per record (an allocation, and a cache miss
 when it resolves), a channel message and a wait for room. MD5 alone, at ~110 bytes per record,
 caps one core near 5 M records/s.
-
 """)
 print("""## P2: shard saturation (`kpl bench`, embedded simulator with shard limits, closed loop)
 

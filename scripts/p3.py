@@ -222,7 +222,7 @@ def run_aiokpl(server, api, stream, n, seed):
     return r
 
 
-def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=()):
+def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=(), bench_args=()):
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
         cmd = [kpl, "bench", "--quiet", "--endpoint-url", server.endpoint, "--region", REGION,
@@ -230,7 +230,8 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=()):
                "--keys", str(KEYS), "--report", report]
         if rate:
             cmd += ["--rate", f"{rate:.0f}"]
-        cmd = [cmd[0], *extra, *cmd[1:]]
+        # `extra`: kpl's global options (before `bench`); `bench_args`: bench's own.
+        cmd = [cmd[0], *extra, *cmd[1:], *bench_args]
         node0 = server.cpu_seconds()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300)
         node = server.cpu_seconds() - node0
@@ -242,7 +243,7 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=()):
         sys.exit(f"p3.py: kpl bench: {r['user_records_put']} records put, {r['user_records_failed']} failed, "
                  f"{users} read back")
     return {
-        "command": " ".join(cmd[1:-2]),
+        "command": " ".join(a for a in cmd[1:] if a not in ("--report", report)),
         "offered_rate": rate,
         "duration_seconds": r["duration_seconds"],
         "user_records_put": r["user_records_put"],
@@ -329,7 +330,8 @@ def main():
                         rate=a["user_records_per_second"], extra=("--threads", "1"))
         # The same, handing records over 64 at a time (send_batch) instead of one by one.
         k_batches = run_kpl(server, api, args.kpl, "p3-kpl-batches", same_seconds,
-                            rate=a["user_records_per_second"], extra=("--threads", "1", "--send-batch", "64"))
+                            rate=a["user_records_per_second"], extra=("--threads", "1"),
+                            bench_args=("--send-batch", "64"))
         k_closed = run_kpl(server, api, args.kpl, "p3-kpl-closed-loop", args.kpl_seconds)
     finally:
         server.stop()
