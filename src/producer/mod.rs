@@ -323,6 +323,22 @@ impl Producer {
     /// Fails at once, handing every record back and buffering none, if a record breaks a
     /// Kinesis limit, the batch needs more room than the whole buffer
     /// ([`SendErrorReason::BatchTooLarge`]), or the producer was shut down.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: kpl::producer::Producer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use kpl::UserRecord;
+    /// let records: Vec<UserRecord> = (0..500)
+    ///     .map(|i| UserRecord::new(format!("user-{i}"), format!("event {i}")))
+    ///     .collect();
+    /// let outcomes = producer.send_batch(records).await?.await;
+    /// for (i, outcome) in outcomes.into_iter().enumerate() {
+    ///     if let Err(failure) = outcome {
+    ///         eprintln!("record {i}: {failure}");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn send_batch(
         &self,
         records: Vec<UserRecord>,
