@@ -188,8 +188,8 @@ impl Aggregator {
     }
 
     /// Keeps at most `slots` user-record slots in emptied lists and `bytes` of aggregate
-    /// buffers for reuse. The producer passes its buffer limits: what it keeps is never more
-    /// than what its outstanding records may hold anyway.
+    /// buffers for reuse. The producer passes its buffer limits, capped: what it keeps is
+    /// never more than what its outstanding records may hold anyway.
     pub fn keep_for_reuse(mut self, slots: usize, bytes: usize) -> Self {
         self.keep_slots = slots;
         self.keep_bytes = bytes;

@@ -82,6 +82,12 @@ pub use error::{
 pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, RecordResult};
 
+/// Most user-record slots (~100 bytes each) and aggregate-buffer bytes the aggregator keeps
+/// for reuse: what a few hundred thousand records/s keep in flight, so a long-running service
+/// does not hold on to all the memory of a past burst.
+const MAX_KEPT_SLOTS: usize = 1 << 17;
+const MAX_KEPT_BYTES: usize = 32 << 20;
+
 /// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
 /// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
 const TAGGED_OVERHEAD_BOUND: usize = 2 * 1024 + 256;
@@ -213,7 +219,10 @@ impl Producer {
             compressor,
             dedup_producer,
         )
-        .keep_for_reuse(config.max_outstanding_records, config.max_outstanding_bytes);
+        .keep_for_reuse(
+            config.max_outstanding_records.min(MAX_KEPT_SLOTS),
+            config.max_outstanding_bytes.min(MAX_KEPT_BYTES),
+        );
         let metrics = Arc::new(metrics::Metrics::new(&stream.to_string()));
         let room = Arc::new(BufferRoom {
             records: Semaphore::new(config.max_outstanding_records),
