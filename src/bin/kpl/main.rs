@@ -45,6 +45,11 @@ enum Command {
     Dict(dict::Command),
 }
 
+/// mimalloc: the pipeline frees each record's key and data as it aggregates them, a pattern on
+/// which glibc's malloc spends its time consolidating free lists (measured in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
