@@ -32,8 +32,9 @@
 //! # Backpressure
 //! Each unresolved record holds buffer room (`max_outstanding_records`, `max_outstanding_bytes`).
 //! [`Producer::send`] waits for room; [`Producer::try_send`] fails at once and hands the record
-//! back; [`Producer::send_batch`] waits for room for a whole batch at once. Room returns when the record resolves; dropping a [`RecordFuture`] does not cancel the
-//! record and does not leak room.
+//! back; [`Producer::send_batch`] waits for room for a whole batch at once. Room returns when
+//! the record resolves; dropping a [`RecordFuture`] does not cancel the record and does not
+//! leak room.
 //!
 //! # Shutting down
 //! [`Producer::flush`] sends everything accepted so far and waits until it has resolved;
@@ -478,8 +479,10 @@ impl Producer {
     }
 
     fn bytes_needed(&self, record: &UserRecord) -> u32 {
-        // A record larger than the whole byte budget still goes, alone.
-        (record.billed_bytes() as u64).clamp(1, u64::from(self.shared.max_outstanding_bytes)) as u32
+        BufferRoom::bytes_for(
+            record.billed_bytes(),
+            self.shared.max_outstanding_bytes as usize,
+        )
     }
 
     /// Hands a record holding one record's and `held_bytes` bytes' room to the pipeline.

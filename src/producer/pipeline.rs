@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
-use crate::dedup::DedupId;
 use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
@@ -25,7 +24,7 @@ use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
 use crate::producer::record::{
-    AttemptError, BufferRoom, CallAttempt, PendingRecord, Receipt, RecordState, Reply, ReplyTo,
+    AttemptError, BufferRoom, CallAttempt, PendingRecord, RecordState, Reply, ReplyTo,
     StoredKinesisRecord,
 };
 use crate::producer::retrier::{
@@ -277,17 +276,17 @@ impl Pipeline {
                     remaining: len,
                     reply: batch.reply,
                 });
-                let max_held = self.config.max_outstanding_bytes as u64;
                 let mut bytes = 0;
                 for (index, record) in batch.records.into_iter().enumerate() {
-                    let billed = record.billed_bytes() as u64;
-                    bytes += billed;
+                    let billed = record.billed_bytes();
+                    bytes += billed as u64;
                     let reply = ReplyTo::Batch {
                         batch: slot,
                         index: index as u32,
                     };
                     // Room as `send_batch` counted it.
-                    let held_bytes = billed.clamp(1, max_held) as u32;
+                    let held_bytes =
+                        BufferRoom::bytes_for(billed, self.config.max_outstanding_bytes);
                     let state = RecordState::of(&record, reply, batch.received, held_bytes);
                     self.accept(record, state);
                 }
@@ -310,8 +309,8 @@ impl Pipeline {
     }
 
     /// Takes a new record into the pipeline: its hash key, flush epoch and number, then the
-    /// aggregator.
-    /// The record's key and data are freed here, right after the aggregator copied them.
+    /// aggregator. The record's key and data are freed here, right after the aggregator copied
+    /// them.
     fn accept(&mut self, record: UserRecord, mut state: RecordState) {
         if !state.explicit {
             state.hash_key = self.hash_of(&record.partition_key);
@@ -326,8 +325,7 @@ impl Pipeline {
     }
 
     /// Delivers a record's outcome to its future, or to its batch's (which is answered when
-    /// its last record resolves).
-    /// `reply` is only built if someone still waits for it.
+    /// its last record resolves). `reply` is only built if someone still waits for it.
     fn reply(&mut self, to: ReplyTo, reply: impl FnOnce() -> Reply) {
         match to {
             ReplyTo::One(tx) => {
@@ -840,26 +838,14 @@ impl Pipeline {
             user_bytes += u64::from(user.billed);
             retries += (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
             self.settle(user.epoch, user.held_bytes);
-            let dedup_producer = self.dedup_producer;
-            let (attempts, received, seq) = (user.attempts, user.received, user.seq);
+            let (earlier, sub, seq) = (user.attempts, index as u32, user.seq);
             self.reply(user.reply, || {
-                if attempts.is_empty() {
-                    return Reply::Stored {
-                        kinesis: kinesis.clone(),
-                        sub: index as u32,
-                        seq,
-                    };
+                let kinesis = kinesis.clone();
+                if earlier.is_empty() {
+                    Reply::Stored { kinesis, sub, seq }
+                } else {
+                    Reply::StoredAgain(Box::new((kinesis, sub, seq, earlier)))
                 }
-                // Re-aggregated after earlier attempts: those are the record's own.
-                let mut attempts = attempts;
-                attempts.extend(kinesis.attempts.iter().map(|a| a.for_record(received)));
-                Reply::Receipt(Box::new(Receipt {
-                    shard_id: kinesis.shard_id.clone(),
-                    sequence_number: kinesis.sequence_number.clone(),
-                    sub_sequence_number: index as u64,
-                    attempts,
-                    dedup_id: dedup_producer.map(|producer| DedupId { producer, seq }),
-                }))
             });
         }
         self.metrics.retries_per_record(retries as u64);

@@ -86,7 +86,7 @@ impl CallAttempt {
 pub type RecordResult = Result<Receipt, RecordFailure>;
 
 /// A Kinesis record that was stored, shared by the user records it carried: each of them gets
-/// its receipt from it when its future is polled, so resolving a record sends two words, not a
+/// its receipt from it when its future is polled, so resolving a record sends a handle, not a
 /// receipt (and a dropped future costs nothing to resolve).
 #[derive(Debug)]
 pub(crate) struct StoredKinesisRecord {
@@ -108,9 +108,9 @@ pub(crate) enum Reply {
         sub: u32,
         seq: u64,
     },
-    /// Stored after attempts in earlier Kinesis records (it was re-aggregated): the receipt,
-    /// built in full.
-    Receipt(Box<Receipt>),
+    /// Stored after attempts in earlier Kinesis records (it was re-aggregated): rare, so boxed
+    /// to keep every record's channel small.
+    StoredAgain(Box<(Arc<StoredKinesisRecord>, u32, u64, Vec<Attempt>)>),
     /// Failed for good.
     Failed(Box<RecordFailure>),
 }
@@ -181,22 +181,36 @@ impl Reply {
     /// The caller's view of a record's outcome; `received`: when `send` took it.
     fn into_result(self, received: Instant) -> RecordResult {
         match self {
-            Reply::Stored { kinesis, sub, seq } => Ok(Receipt {
-                shard_id: kinesis.shard_id.clone(),
-                sequence_number: kinesis.sequence_number.clone(),
-                sub_sequence_number: u64::from(sub),
-                attempts: kinesis
-                    .attempts
-                    .iter()
-                    .map(|a| a.for_record(received))
-                    .collect(),
-                dedup_id: kinesis
-                    .dedup_producer
-                    .map(|producer| DedupId { producer, seq }),
-            }),
-            Reply::Receipt(receipt) => Ok(*receipt),
+            Reply::Stored { kinesis, sub, seq } => {
+                Ok(receipt(&kinesis, sub, seq, Vec::new(), received))
+            }
+            Reply::StoredAgain(stored) => {
+                let (kinesis, sub, seq, earlier) = *stored;
+                Ok(receipt(&kinesis, sub, seq, earlier, received))
+            }
             Reply::Failed(failure) => Err(*failure),
         }
+    }
+}
+
+/// The receipt of user record `sub` of `kinesis`, numbered `seq`, received at `received`,
+/// after `earlier` attempts in other Kinesis records.
+fn receipt(
+    kinesis: &StoredKinesisRecord,
+    sub: u32,
+    seq: u64,
+    mut earlier: Vec<Attempt>,
+    received: Instant,
+) -> Receipt {
+    earlier.extend(kinesis.attempts.iter().map(|a| a.for_record(received)));
+    Receipt {
+        shard_id: kinesis.shard_id.clone(),
+        sequence_number: kinesis.sequence_number.clone(),
+        sub_sequence_number: u64::from(sub),
+        attempts: earlier,
+        dedup_id: kinesis
+            .dedup_producer
+            .map(|producer| DedupId { producer, seq }),
     }
 }
 
@@ -228,6 +242,12 @@ pub(crate) struct BufferRoom {
 }
 
 impl BufferRoom {
+    /// Bytes of room a record of `billed` bytes holds: its size, at least 1, and at most the
+    /// whole budget (a record larger than the budget still goes, alone).
+    pub(crate) fn bytes_for(billed: usize, max_outstanding_bytes: usize) -> u32 {
+        billed.clamp(1, max_outstanding_bytes) as u32
+    }
+
     /// Gives back the room of `records` records holding `bytes` bytes.
     pub(crate) fn release(&self, records: usize, bytes: usize) {
         if records > 0 {
