@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 
+use md5::Digest;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kpl::codec::aggregate::{AggregateBuilder, AggregateLimits, KinesisRecord};
 use kpl::codec::deaggregate::Deaggregator;
+use kpl::codec::digest;
 use kpl::codec::frame::Compressor;
 use kpl::{HashKey, UserRecord};
 
@@ -119,6 +122,35 @@ fn codec(c: &mut Criterion) {
     };
     g.bench_function("kpl", |b| b.iter(|| decode_all(&aggregates)));
     g.bench_function("kpl_zstd1_json", |b| b.iter(|| decode_all(&compressed)));
+    g.finish();
+
+    // The KPL trailer: MD5 over 64 aggregates of 51 200 bytes, one by one with the md-5 crate
+    // and side by side (what the pipeline does with the aggregates of a call).
+    let trailers: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| {
+            (0..51_200u32)
+                .map(|j| (j.wrapping_mul(31) ^ i) as u8)
+                .collect()
+        })
+        .collect();
+    let slices: Vec<&[u8]> = trailers.iter().map(Vec::as_slice).collect();
+    let mut g = c.benchmark_group("md5_trailers_64x51200B");
+    g.throughput(Throughput::Bytes(64 * 51_200));
+    g.bench_function("md5_crate_one_by_one", |b| {
+        b.iter(|| {
+            slices
+                .iter()
+                .map(|s| <[u8; 16]>::from(md5::Md5::digest(s))[0])
+                .fold(0u8, |a, x| a ^ x)
+        })
+    });
+    g.bench_function("side_by_side", |b| {
+        b.iter(|| {
+            let mut x = 0u8;
+            digest::md5_each(&slices, |_, d| x ^= d[0]);
+            x
+        })
+    });
     g.finish();
 
     let ratio = json.iter().map(|r| r.data.len()).sum::<usize>() as f64

@@ -8,4 +8,5 @@ pub mod proto {
 
 pub mod aggregate;
 pub mod deaggregate;
+pub mod digest;
 pub mod frame;

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
-use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full};
+use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full, Unsealed};
 use crate::codec::deaggregate::Deaggregator;
 use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY, DedupId};
@@ -48,18 +48,39 @@ pub(crate) struct KinesisRecordOut {
     pub aggregated: bool,
     /// What `entry.data` was before compression, if it was compressed.
     pub uncompressed: Option<Bytes>,
+    /// An aggregate waiting for its MD5 trailer (`entry.data` is empty until then): sealed
+    /// with the other aggregates of its PutRecords call, side by side ([`seal_all`]).
+    pub unsealed: Option<Unsealed>,
+}
+
+/// Seals every aggregate of `records` that still waits for its MD5 trailer.
+pub(crate) fn seal_all(records: &mut [KinesisRecordOut]) {
+    Unsealed::seal_many(
+        records,
+        |r| r.unsealed.take(),
+        |r, data| r.entry.data = data,
+    );
 }
 
 impl KinesisRecordOut {
-    /// Bytes the service counts: partition key + data.
+    /// Bytes the service counts: partition key + data (the trailer counted before it is
+    /// written).
     pub fn billed_bytes(&self) -> usize {
-        self.entry.billed_bytes()
+        self.entry.billed_bytes() + self.unsealed.as_ref().map_or(0, Unsealed::len)
+    }
+
+    /// Writes its MD5 trailer now if it still waits for one.
+    pub fn seal(&mut self) {
+        if let Some(unsealed) = self.unsealed.take() {
+            self.entry.data = unsealed.seal();
+        }
     }
 
     /// Its user records rebuilt from the Kinesis record, in order: the aggregator keeps only
     /// their states. For the rare paths that aggregate records again or hand them back to the
     /// caller.
-    pub fn user_records(&self) -> Vec<UserRecord> {
+    pub fn user_records(&mut self) -> Vec<UserRecord> {
+        self.seal();
         let data = self.uncompressed.as_ref().unwrap_or(&self.entry.data);
         let explicit = |state: &RecordState| state.explicit.then_some(state.hash_key);
         if !self.aggregated {
@@ -334,17 +355,22 @@ impl Aggregator {
         } else {
             BytesMut::new()
         };
-        let mut record = open
+        let (mut record, mut unsealed) = open
             .builder
-            .finish_into(buf)
+            .finish_unsealed(buf)
             .expect("an open aggregate holds at least one record");
         self.spare.push(open.builder);
         let mut uncompressed = None;
-        if let Some(compressor) = &mut self.compressor
-            && let Some(framed) = compressor.compress_bytes(&record.data)
-        {
-            // Kept until the record resolves: the user records are restored from it if needed.
-            uncompressed = Some(std::mem::replace(&mut record.data, framed));
+        if let Some(compressor) = &mut self.compressor {
+            // What is compressed is the whole aggregate, trailer included.
+            if let Some(unsealed) = unsealed.take() {
+                record.data = unsealed.seal();
+            }
+            if let Some(framed) = compressor.compress_bytes(&record.data) {
+                // Kept until the record resolves: the user records are restored from it if
+                // needed.
+                uncompressed = Some(std::mem::replace(&mut record.data, framed));
+            }
         }
         KinesisRecordOut {
             entry: PutRecordsEntry {
@@ -361,6 +387,7 @@ impl Aggregator {
             lane: None,
             aggregated,
             uncompressed,
+            unsealed,
         }
     }
 }
@@ -433,6 +460,7 @@ mod tests {
             push(&mut agg, &format!("k{i}"), "data", &map, &mut out);
         }
         agg.finish_all(&mut out);
+        seal_all(&mut out);
         assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 2_000);
         for o in &out {
             let range = map.shard(map.index_of(o.records[0].hash_key)).range;
@@ -453,6 +481,7 @@ mod tests {
             push(&mut agg, &format!("a{i}"), "first", &map, &mut out);
         }
         agg.finish_all(&mut out);
+        seal_all(&mut out);
         let first = out.pop().unwrap();
         let first_contents = decoded(&first);
         let held = first.entry.data.clone();
@@ -468,6 +497,7 @@ mod tests {
             push(&mut agg, &format!("b{i}"), "second", &map, &mut out);
         }
         agg.finish_all(&mut out);
+        seal_all(&mut out);
         let second = out.pop().unwrap();
         assert_eq!(
             second.entry.data.as_ptr(),
@@ -494,6 +524,7 @@ mod tests {
                 push(&mut agg, &format!("k{round}-{i}"), "x", &map, &mut out);
             }
             agg.finish_all(&mut out);
+            seal_all(&mut out);
         }
         for o in out.drain(..) {
             agg.recycle(o.records);

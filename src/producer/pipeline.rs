@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::client::{KinesisApi, StreamId};
 use crate::fxhash::FxHashMap;
 use crate::hash::HashKey;
-use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
+use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
 use crate::producer::backoff::Backoff;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
@@ -534,7 +534,9 @@ impl Pipeline {
     }
 
     fn dispatch(&mut self, now: Instant) {
-        let batch = self.collector.take();
+        let mut batch = self.collector.take();
+        // The call's aggregates get their MD5 trailers together, side by side.
+        seal_all(&mut batch);
         self.metrics.put_records_call(batch.len());
         for record in &batch {
             self.metrics

@@ -225,6 +225,7 @@ mod tests {
             lane: None,
             aggregated: false,
             uncompressed: None,
+            unsealed: None,
         }
     }
 

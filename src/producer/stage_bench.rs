@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
 use crate::codec::aggregate::AggregateLimits;
-use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut};
+use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
 use crate::producer::collector::Collector;
 use crate::producer::config::{
     DEFAULT_AGGREGATION_MAX_SIZE_BYTES, DEFAULT_COLLECTION_MAX_COUNT,
@@ -61,7 +61,8 @@ impl AggregatorStage {
         )
     }
 
-    /// Aggregates every record, finishes every aggregate, returns how many Kinesis records.
+    /// Aggregates every record, finishes and seals every aggregate (MD5 trailers written as
+    /// the pipeline writes them for a call), returns how many Kinesis records.
     pub fn run(&mut self, records: PreparedRecords) -> usize {
         for r in records.0 {
             self.aggregator.push(
@@ -73,6 +74,7 @@ impl AggregatorStage {
             );
         }
         self.aggregator.finish_all(&mut self.out);
+        seal_all(&mut self.out);
         let n = self.out.len();
         self.out.clear();
         n
@@ -120,6 +122,7 @@ impl CollectorStage {
                     lane: None,
                     aggregated: false,
                     uncompressed: None,
+                    unsealed: None,
                 })
                 .collect(),
         )
