@@ -147,12 +147,49 @@ struct Open {
     single_hash: bool,
 }
 
+/// Open aggregates: by shard index in a list (no hashing per record), by hash key in a map.
+#[derive(Default)]
+struct OpenSet {
+    by_shard: Vec<Option<Open>>,
+    by_hash: FxHashMap<u128, Open>,
+}
+
+impl OpenSet {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Open> {
+        match *key {
+            Key::Shard(i) => self.by_shard.get_mut(i).and_then(Option::as_mut),
+            Key::Hash(h) => self.by_hash.get_mut(&h),
+        }
+    }
+
+    fn insert(&mut self, key: Key, open: Open) {
+        match key {
+            Key::Shard(i) => {
+                if self.by_shard.len() <= i {
+                    self.by_shard.resize_with(i + 1, || None);
+                }
+                self.by_shard[i] = Some(open);
+            }
+            Key::Hash(h) => {
+                self.by_hash.insert(h, open);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Open> {
+        match *key {
+            Key::Shard(i) => self.by_shard.get_mut(i).and_then(Option::take),
+            Key::Hash(h) => self.by_hash.remove(&h),
+        }
+    }
+}
+
 /// Per-shard (or per-hash-key) open aggregates.
 pub(crate) struct Aggregator {
     limits: AggregateLimits,
     max_buffered_time: Duration,
     compressor: Option<Compressor>,
-    open: FxHashMap<Key, Open>,
+    open: OpenSet,
     deadlines: BTreeSet<(Instant, Key)>,
     map_version: u64,
     spare: Vec<AggregateBuilder>,
@@ -200,7 +237,7 @@ impl Aggregator {
             limits,
             max_buffered_time,
             compressor,
-            open: FxHashMap::default(),
+            open: OpenSet::default(),
             deadlines: BTreeSet::new(),
             map_version: 0,
             spare: Vec::new(),
@@ -228,10 +265,26 @@ impl Aggregator {
         grouping: Grouping,
         out: &mut Vec<KinesisRecordOut>,
     ) {
+        let index = map.index_of(state.hash_key);
+        self.push_routed(record, state, index, map, grouping, out);
+    }
+
+    /// [`push`](Self::push) with the record's shard index in `map` already known
+    /// (`map.index_of(state.hash_key)`: the pipeline remembers it per partition key).
+    pub fn push_routed(
+        &mut self,
+        record: &UserRecord,
+        state: RecordState,
+        index: usize,
+        map: &ShardMap,
+        grouping: Grouping,
+        out: &mut Vec<KinesisRecordOut>,
+    ) {
+        debug_assert_eq!(index, map.index_of(state.hash_key));
         self.map_version = map.version();
         let hash = state.hash_key;
         let key = match grouping {
-            Grouping::ByShard => Key::Shard(map.index_of(hash)),
+            Grouping::ByShard => Key::Shard(index),
             Grouping::ByHashKey => Key::Hash(hash.0),
         };
         let dedup = self.dedup_producer;
@@ -256,7 +309,7 @@ impl Aggregator {
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
         let deadline = state.received.max(Instant::now()) + self.max_buffered_time;
-        let shard = map.shard(map.index_of(hash)).id.clone();
+        let shard = map.shard(index).id.clone();
         let capacity = self.list_capacity.min(self.limits.max_count);
         let mut records = match self.spare_lists.pop() {
             Some(mut list) => {

@@ -94,7 +94,7 @@ pub(crate) struct Pipeline {
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
     map_tx: mpsc::UnboundedSender<ShardMap>,
-    hash_cache: FxHashMap<String, HashKey>,
+    hash_cache: FxHashMap<String, Route>,
 
     aggregator: Aggregator,
     shards: HashMap<Arc<str>, ShardQueue>,
@@ -129,6 +129,14 @@ pub(crate) struct Pipeline {
     free_batches: Vec<u32>,
     /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
     misplaced: Vec<Misplaced>,
+}
+
+/// What the pipeline remembers of a partition key (see [`Pipeline::route_of`]).
+struct Route {
+    hash: HashKey,
+    /// Its shard's index in the map of version `map_version`.
+    shard_index: u32,
+    map_version: u64,
 }
 
 struct Misplaced {
@@ -312,16 +320,26 @@ impl Pipeline {
     /// aggregator. The record's key and data are freed here, right after the aggregator copied
     /// them.
     fn accept(&mut self, record: UserRecord, mut state: RecordState) {
-        if !state.explicit {
-            state.hash_key = self.hash_of(&record.partition_key);
-        }
+        let index = if state.explicit {
+            self.map.index_of(state.hash_key)
+        } else {
+            let (hash, index) = self.route_of(&record.partition_key);
+            state.hash_key = hash;
+            index
+        };
         state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
         state.seq = self.next_seq;
         self.next_seq += 1;
         *self.epochs.back_mut().expect("one epoch is always open") += 1;
         self.outstanding += 1;
-        self.aggregator
-            .push(&record, state, &self.map, self.grouping, &mut self.finished);
+        self.aggregator.push_routed(
+            &record,
+            state,
+            index,
+            &self.map,
+            self.grouping,
+            &mut self.finished,
+        );
     }
 
     /// Delivers a record's outcome to its future, or to its batch's (which is answered when
@@ -365,16 +383,29 @@ impl Pipeline {
         let _ = open.reply.send(replies);
     }
 
-    fn hash_of(&mut self, partition_key: &str) -> HashKey {
-        if let Some(hash) = self.hash_cache.get(partition_key) {
-            return *hash;
+    /// The hash key of `partition_key` and the index of its shard in the current map. Both are
+    /// remembered per key: the index until the map changes (its version tells).
+    fn route_of(&mut self, partition_key: &str) -> (HashKey, usize) {
+        let version = self.map.version();
+        if let Some(route) = self.hash_cache.get_mut(partition_key) {
+            if route.map_version != version {
+                route.shard_index = self.map.index_of(route.hash) as u32;
+                route.map_version = version;
+            }
+            return (route.hash, route.shard_index as usize);
         }
         if self.hash_cache.len() >= HASH_CACHE_ENTRIES {
             self.hash_cache.clear();
         }
         let hash = HashKey::of_partition_key(partition_key);
-        self.hash_cache.insert(partition_key.to_owned(), hash);
-        hash
+        let index = self.map.index_of(hash);
+        let route = Route {
+            hash,
+            shard_index: index as u32,
+            map_version: version,
+        };
+        self.hash_cache.insert(partition_key.to_owned(), route);
+        (hash, index)
     }
 
     /// Moves everything one step further: due retries back into shard queues, due aggregates
