@@ -5,16 +5,41 @@
 # KPL_BENCH_SECONDS (default 20) sets the length of each kpl bench run; P2_SECONDS (default 60)
 # that of the three P2 runs.
 # P3_RECORDS (default 40000) sets how many records aiokpl puts (~200 CPU s per million).
+# P1_BASE=REV also runs the pipeline bench of commit REV, alternating with this tree's
+# (base, this, base, this), for a side-by-side P1 table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${KPL_BENCH_SECONDS:-20}
 out=target/bench-results
 mkdir -p "$out"
 cargo build --release --quiet
+# A copy: building P1_BASE's bench in the same target dir may replace target/release/kpl.
+cp target/release/kpl "$out/kpl-this"
 cargo bench --bench codec 2>&1 | tee "$out/codec.txt" >/dev/null
 cargo bench --bench pipeline 2>&1 | tee "$out/pipeline.txt" >/dev/null
+if [ -n "${P1_BASE:-}" ]; then
+  # The base commit's bench, built in a worktree (sharing this target dir's dependencies).
+  base_tree=target/p1-base
+  git worktree remove --force "$base_tree" 2>/dev/null || true
+  git worktree add --detach "$base_tree" "$P1_BASE" >/dev/null
+  exe() { cargo bench --bench pipeline --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pipeline":
+        print(m["executable"])'; }
+  cp "$(cd "$base_tree" && CARGO_TARGET_DIR="$PWD/../../target" exe)" "$out/pipeline-base"
+  cp "$(exe)" "$out/pipeline-this"
+  git worktree remove --force "$base_tree"
+  rows='aggregated$|batches_of_1000$'
+  : > "$out/pipeline-side-by-side.txt"
+  for which in base this base this; do
+    echo "== $which $(git rev-parse --short "$([ $which = base ] && echo "$P1_BASE" || echo HEAD)")" >> "$out/pipeline-side-by-side.txt"
+    "$out/pipeline-$which" --bench "$rows" 2>&1 | grep -E '^pipeline|thrpt' >> "$out/pipeline-side-by-side.txt"
+  done
+fi
 cargo bench --features bench-internals --bench stages 2>&1 | tee "$out/stages.txt" >/dev/null
-kpl=target/release/kpl
+kpl=$out/kpl-this
 run() { name=$1; shift; "$kpl" bench --quiet --duration "${secs}s" --report "$out/$name.json" "$@" 2>"$out/$name.txt"; }
 # P2 asks for 60 s runs (P2_SECONDS).
 p2() { secs=${P2_SECONDS:-60} run "$@"; }

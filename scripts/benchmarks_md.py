@@ -32,6 +32,11 @@ def per_second(value, unit):
     return value * {"K": 1e3, "M": 1e6, "G": 1e9}.get(unit[0], 1)
 
 
+def bytes_per_second(value, unit):
+    """A criterion byte rate (e.g. 513 MiB/s, 1.03 GiB/s) in bytes per second."""
+    return value * {"KiB/s": 2**10, "MiB/s": 2**20, "GiB/s": 2**30}.get(unit, 1)
+
+
 def pct(x):
     return f"{100 * x:.1f} %"
 
@@ -93,6 +98,9 @@ best_rate = rates.get(best, 0) / 1e6
 one = rates.get("aggregated", 0) / 1e6
 batched = rates.get("aggregated_batches_of_1000", 0) / 1e6
 verdict = "met" if best_rate >= 2 else "not met"
+md5_one = codec.get("md5_trailers_64x51200B/md5_crate_one_by_one")
+md5_lanes = codec.get("md5_trailers_64x51200B/side_by_side")
+md5_ratio = bytes_per_second(*md5_lanes) / bytes_per_second(*md5_one) if md5_one and md5_lanes else 0
 print(f"""
 Rows: `aggregated` calls `send` per record and drops each future at once (fire and forget);
 `aggregated_receipts_awaited` keeps every future and awaits it, so each receipt is built and
@@ -103,13 +111,47 @@ reads every record from memory, not from the cache.
 
 Goal >= 2 M records/s: **{verdict}** (best: `{best}`, {best_rate:.2f} M/s). `send_batch` does
 {batched / one if one else 0:.2f}x the records of `send` per core. Per record, every mode pays the key-cache
-lookup, the copy into the aggregate, the free of the caller's key and data (right after the
-copy, while they are in the cache) and its share of the MD5 trailer: perf (dwarf call graphs)
-on `aggregated_batches_of_1000` puts MD5 at ~23-26 % of the samples and the first read of each
-cold record at ~12 %. `send` adds a oneshot channel per record (an allocation, and a cache miss
-when it resolves), a channel message and a wait for room. MD5 alone, at ~110 bytes per record,
-caps one core near 5 M records/s.
+lookup (which also remembers the key's shard index until the map changes), the copy into the
+aggregate, the free of the caller's key and data (right after the copy, while they are in the
+cache) and its share of the MD5 trailer. The trailers of a call's aggregates are computed four
+side by side in SSE2 lanes (`md5_trailers_64x51200B` above: {md5_ratio:.2f}x the md-5 crate's
+bytes/s), so MD5 fell from ~25-30 % of the samples of `aggregated_batches_of_1000` to ~16 %;
+glibc's `free` of the caller's records is now the largest single cost (~16 %). `send` adds a
+oneshot channel per record (an allocation, and a cache miss when it resolves), a channel
+message and a wait for room.
 """)
+side_path = os.path.join(out, "pipeline-side-by-side.txt")
+if os.path.exists(side_path):
+    # Runs alternate: base, this, base, this. name -> {label: [rates]}.
+    runs, label, name, revs = {}, None, None, {}
+    for line in open(side_path):
+        m = re.match(r"^== (\S+) (\S+)", line)
+        if m:
+            label, revs[m.group(1)] = m.group(1), m.group(2)
+            name = None
+            continue
+        m = re.match(r"^(\S+/\S+)\s*$", line.strip())
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+        if m and name and label:
+            runs.setdefault(name, {}).setdefault(label, []).append(per_second(float(m.group(1)), m.group(2)))
+            name = None
+    print(f"""Side by side with commit {revs.get('base', '?')} (the previous session's code), its bench built
+from that commit and run alternately with this one's in the same session (`P1_BASE={revs.get('base', '?')}
+scripts/benchmarks.sh`), two runs each:
+
+| benchmark | {revs.get('base', 'base')} (M/s) | {revs.get('this', 'this')} (M/s) | this / base |
+|---|---|---|---|""")
+    for name, by in runs.items():
+        b, t = by.get("base", []), by.get("this", [])
+        if b and t:
+            mb, mt = sum(b) / len(b), sum(t) / len(t)
+            fmt = lambda xs: " / ".join(f"{x / 1e6:.2f}" for x in xs)
+            print(f"| {name[len(group):]} | {fmt(b)} | {fmt(t)} | {mt / mb:.2f}x |")
+    print()
+
 print("""## P2: shard saturation (`kpl bench`, embedded simulator with shard limits, closed loop)
 
 100-byte random records, 100 000 uniform keys, default producer settings, 5 000 records per

@@ -377,3 +377,76 @@ async fn the_control_endpoint_changes_faults_while_running() {
         .unwrap();
     assert_eq!(stored_data(&sim).await, vec!["00000042".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the_real_data() {
+    let sim = Sim::start(SimConfig {
+        enforce_limits: true,
+        discard_data: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.create_stream(S, 1).await.unwrap();
+    let c = client(&sim, 5_000).await;
+    // 3 calls of 500 entries of 700 bytes: 1.05 MB, over one shard's 1 MiB second even though
+    // the store receives no data. The limit must bind on what was sent.
+    let (mut ok, mut throttled) = (0, 0);
+    for call in 0..3 {
+        for r in c
+            .put_records(&stream(), entries(call * 500, 500, 700))
+            .await
+            .unwrap()
+        {
+            match r {
+                PutRecordsResultEntry::Stored { .. } => ok += 1,
+                PutRecordsResultEntry::Failed { .. } => throttled += 1,
+            }
+        }
+    }
+    assert!(
+        throttled > 0,
+        "1.05 MB in a burst must exceed 1 MiB/s: {ok} stored"
+    );
+    let stored = common::read_all(sim.client(), S).await;
+    assert_eq!(stored.len(), ok, "every stored entry reads back");
+    assert!(
+        stored.iter().all(|r| r.record.data.is_empty()),
+        "no data kept"
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|r| r.record.partition_key.starts_with('k')),
+        "keys kept"
+    );
+    sim.shutdown().await;
+
+    // Without limits (which would throttle it first), a record over 1 MiB is refused by the
+    // store as it would be with its data, and one within the limit is stored without it.
+    let sim = Sim::start(SimConfig {
+        enforce_limits: false,
+        discard_data: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.create_stream(S, 1).await.unwrap();
+    let c = client(&sim, 5_000).await;
+    let oversize = c
+        .put_records(&stream(), entries(9_000, 1, 1024 * 1024 + 10))
+        .await;
+    assert!(
+        oversize.is_err(),
+        "an oversize record must be refused: {oversize:?}"
+    );
+    let fits = c
+        .put_records(&stream(), entries(9_001, 1, 1024 * 1024 - 100))
+        .await
+        .unwrap();
+    assert!(matches!(fits[..], [PutRecordsResultEntry::Stored { .. }]));
+    let stored = common::read_all(sim.client(), S).await;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].record.data.is_empty());
+    sim.shutdown().await;
+}

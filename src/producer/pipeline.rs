@@ -347,7 +347,10 @@ impl Pipeline {
     fn reply(&mut self, to: ReplyTo, reply: impl FnOnce() -> Reply) {
         match to {
             ReplyTo::One(tx) => {
-                let _ = tx.send(reply());
+                // A dropped future wants no outcome: skip building and storing one.
+                if !tx.is_closed() {
+                    let _ = tx.send(reply());
+                }
             }
             ReplyTo::Batch { batch, index } => {
                 let open = self.batches[batch as usize]

@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub store: Store,
     /// Shard write limits, when enforced.
     pub limits: Option<Mutex<ShardLimits>>,
+    /// Forward puts without their data (see [`SimConfig::discard_data`](super::SimConfig)).
+    pub discard_data: bool,
 }
 
 impl Shared {
@@ -142,7 +144,7 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Request::from_parts(parts, Body::from(bytes))
     };
-    let enforce = shared.limits.is_some();
+    let enforce = shared.limits.is_some() || shared.discard_data;
     if !targeted && !enforce {
         return next.run(rebuild(bytes)).await;
     }
@@ -223,14 +225,20 @@ async fn put_entries(
         None => return next.run(rebuild(bytes)).await,
     };
     let fates = entry_fates(shared, how, stream.as_deref(), &entries).await;
-    if fates.iter().all(Option::is_none) {
+    let discard = shared.discard_data && within_store_limits(&entries);
+    if fates.iter().all(Option::is_none) && !discard {
         return next.run(rebuild(bytes)).await;
     }
     let forwarded: Vec<Value> = entries
         .into_iter()
         .zip(&fates)
         .filter(|(_, fate)| fate.is_none())
-        .map(|(e, _)| e)
+        .map(|(mut e, _)| {
+            if discard {
+                e["Data"] = Value::String(String::new());
+            }
+            e
+        })
         .collect();
     let mut stored: Vec<Value> = Vec::new();
     let mut store_failed = 0u64;
@@ -271,6 +279,23 @@ async fn put_entries(
         merged.to_string(),
     )
         .into_response()
+}
+
+/// Whether the store would accept `entries` for their sizes (each record at most 1 MiB of
+/// key + data, the call at most 5 MiB): only then may their data be left out, so that a
+/// request too large still fails as it would with its data.
+fn within_store_limits(entries: &[Value]) -> bool {
+    let mut total = 0;
+    for entry in entries {
+        let Some(bytes) = crate::sim::limits::billed_bytes(entry) else {
+            return false;
+        };
+        if bytes > crate::limits::DEFAULT_MAX_RECORD_BYTES {
+            return false;
+        }
+        total += bytes;
+    }
+    total <= crate::limits::MAX_PUT_RECORDS_BYTES
 }
 
 /// What happens to each entry of a put: an injected failure (if `how.inject`), a shard

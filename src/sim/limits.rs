@@ -109,6 +109,13 @@ pub(crate) fn charge(entry: &Value, shards: &[(u128, u128, String)]) -> Option<E
     })
 }
 
+/// Partition key + data bytes of a PutRecords entry, as the service counts them.
+pub(crate) fn billed_bytes(entry: &Value) -> Option<usize> {
+    let key = entry.get("PartitionKey")?.as_str()?;
+    let data = entry.get("Data")?.as_str()?;
+    Some(key.len() + base64_decoded_len(data))
+}
+
 fn base64_decoded_len(text: &str) -> usize {
     let padding = text.bytes().rev().take_while(|b| *b == b'=').count();
     (text.len() / 4 * 3).saturating_sub(padding)

@@ -47,6 +47,13 @@ pub struct SimConfig {
     pub seed: u64,
     /// Faults from the start.
     pub faults: Faults,
+    /// Store each PutRecords entry's key, hash key and sequence number but not its data
+    /// (GetRecords then returns empty data). For load runs that never read back (`kpl
+    /// bench`): a stored copy of everything costs the simulator memory (minutes of 64 shards
+    /// are gigabytes) and CPU (decoding, storing, first-touch page faults) taken from the
+    /// producer it measures on the same cores. Sizes, shard limits and faults see the real
+    /// data; a request the store would refuse for its size is passed on whole. Default off.
+    pub discard_data: bool,
 }
 
 impl Default for SimConfig {
@@ -57,6 +64,7 @@ impl Default for SimConfig {
             shard_limit: 100_000,
             seed: 0,
             faults: Faults::default(),
+            discard_data: false,
         }
     }
 }
@@ -123,6 +131,7 @@ impl Sim {
             limits: config
                 .enforce_limits
                 .then(|| Mutex::new(limits::ShardLimits::default())),
+            discard_data: config.discard_data,
         });
         let app = layer::router(kinesis, shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();

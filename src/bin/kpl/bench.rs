@@ -291,6 +291,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             let sim = Sim::start(SimConfig {
                 enforce_limits: !args.no_limits,
+                // A bench never reads back: the simulator keeps no copy of the data, so its
+                // memory and CPU stay out of what is measured (see SimConfig::discard_data).
+                discard_data: true,
                 ..Default::default()
             })
             .await?;
