@@ -333,14 +333,9 @@ pub struct Unsealed {
 }
 
 impl Unsealed {
-    /// Length of the sealed aggregate (trailer included).
-    pub fn len(&self) -> usize {
+    /// Length of the aggregate once sealed (trailer included).
+    pub fn sealed_len(&self) -> usize {
         self.buf.len() + DIGEST_LEN
-    }
-
-    /// Never empty: an aggregate has at least its magic and trailer. (For clippy's sake.)
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The bytes the trailer is the MD5 of.
@@ -481,7 +476,7 @@ mod tests {
             if let Some(u) = &item.1 {
                 assert!(item.0.data.is_empty());
                 let sealed_len = build(n).finish().unwrap().data.len();
-                assert_eq!(u.len(), sealed_len);
+                assert_eq!(u.sealed_len(), sealed_len);
             }
         }
         Unsealed::seal_many(&mut items, |(_, u)| u.take(), |(r, _), data| r.data = data);

@@ -66,7 +66,7 @@ impl KinesisRecordOut {
     /// Bytes the service counts: partition key + data (the trailer counted before it is
     /// written).
     pub fn billed_bytes(&self) -> usize {
-        self.entry.billed_bytes() + self.unsealed.as_ref().map_or(0, Unsealed::len)
+        self.entry.billed_bytes() + self.unsealed.as_ref().map_or(0, Unsealed::sealed_len)
     }
 
     /// Writes its MD5 trailer now if it still waits for one.

@@ -880,7 +880,7 @@ impl Pipeline {
                 if earlier.is_empty() {
                     Reply::Stored { kinesis, sub, seq }
                 } else {
-                    Reply::StoredAgain(Box::new((kinesis, sub, seq, earlier)))
+                    Reply::StoredAgain(Box::new((kinesis, sub, seq, earlier.into_vec())))
                 }
             });
         }
@@ -921,7 +921,7 @@ impl Pipeline {
         self.settle(state.epoch, state.held_bytes);
         let failure = RecordFailure {
             reason,
-            attempts: state.attempts,
+            attempts: state.attempts.into_vec(),
             record: Some(record),
         };
         self.reply(state.reply, || Reply::Failed(Box::new(failure)));
