@@ -50,19 +50,13 @@ async fn stored_data(sim: &SimHandle) -> Vec<String> {
         .collect()
 }
 
-const S: &str = "s";
-fn stream() -> StreamId {
-    StreamId::Name(S.into())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_shard_takes_about_1000_records_a_second_and_throttles_the_rest() {
-    let sim = sim(true, 1).await;
-    let c = client(&sim, 5_000).await;
+/// Puts `calls` calls of 500 entries of `size` bytes as fast as they go: (stored, throttled).
+/// Every failure must be a throttle.
+async fn put_calls(c: &SdkKinesis, calls: usize, size: usize) -> (usize, usize) {
     let (mut ok, mut throttled) = (0, 0);
-    for call in 0..6 {
+    for call in 0..calls {
         for r in c
-            .put_records(&stream(), entries(call * 500, 500, 20))
+            .put_records(&stream(), entries(call * 500, 500, size))
             .await
             .unwrap()
         {
@@ -75,6 +69,19 @@ async fn one_shard_takes_about_1000_records_a_second_and_throttles_the_rest() {
             }
         }
     }
+    (ok, throttled)
+}
+
+const S: &str = "s";
+fn stream() -> StreamId {
+    StreamId::Name(S.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_takes_about_1000_records_a_second_and_throttles_the_rest() {
+    let sim = sim(true, 1).await;
+    let c = client(&sim, 5_000).await;
+    let (ok, throttled) = put_calls(&c, 6, 20).await;
     assert!(
         (900..=1_200).contains(&ok),
         "stored {ok} of 3000 within a burst"
@@ -378,10 +385,10 @@ async fn the_control_endpoint_changes_faults_while_running() {
     assert_eq!(stored_data(&sim).await, vec!["00000042".to_string()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the_real_data() {
+/// A one-shard simulator that keeps no data, and a client of it.
+async fn discarding_sim(enforce_limits: bool) -> (SimHandle, SdkKinesis) {
     let sim = Sim::start(SimConfig {
-        enforce_limits: true,
+        enforce_limits,
         discard_data: true,
         ..Default::default()
     })
@@ -389,21 +396,15 @@ async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the
     .unwrap();
     sim.create_stream(S, 1).await.unwrap();
     let c = client(&sim, 5_000).await;
+    (sim, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the_real_data() {
+    let (sim, c) = discarding_sim(true).await;
     // 3 calls of 500 entries of 700 bytes: 1.05 MB, over one shard's 1 MiB second even though
     // the store receives no data. The limit must bind on what was sent.
-    let (mut ok, mut throttled) = (0, 0);
-    for call in 0..3 {
-        for r in c
-            .put_records(&stream(), entries(call * 500, 500, 700))
-            .await
-            .unwrap()
-        {
-            match r {
-                PutRecordsResultEntry::Stored { .. } => ok += 1,
-                PutRecordsResultEntry::Failed { .. } => throttled += 1,
-            }
-        }
-    }
+    let (ok, throttled) = put_calls(&c, 3, 700).await;
     assert!(
         throttled > 0,
         "1.05 MB in a burst must exceed 1 MiB/s: {ok} stored"
@@ -424,15 +425,7 @@ async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the
 
     // Without limits (which would throttle it first), a record over 1 MiB is refused by the
     // store as it would be with its data, and one within the limit is stored without it.
-    let sim = Sim::start(SimConfig {
-        enforce_limits: false,
-        discard_data: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    sim.create_stream(S, 1).await.unwrap();
-    let c = client(&sim, 5_000).await;
+    let (sim, c) = discarding_sim(false).await;
     let oversize = c
         .put_records(&stream(), entries(9_000, 1, 1024 * 1024 + 10))
         .await;
