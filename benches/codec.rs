@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use md5::Digest;
-
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kpl::codec::aggregate::{AggregateBuilder, AggregateLimits, KinesisRecord, Unsealed};
@@ -13,6 +11,7 @@ use kpl::codec::deaggregate::Deaggregator;
 use kpl::codec::digest;
 use kpl::codec::frame::Compressor;
 use kpl::{HashKey, UserRecord};
+use md5::Digest;
 
 const N: usize = 100_000;
 
@@ -43,39 +42,37 @@ fn limits() -> AggregateLimits {
     }
 }
 
-fn encode(
+/// Aggregates `records` into aggregates of the default limits, each finished by `finish`.
+fn aggregate<T>(
     records: &[UserRecord],
     mut hash: impl FnMut(&UserRecord) -> HashKey,
-) -> Vec<KinesisRecord> {
+    mut finish: impl FnMut(&mut AggregateBuilder) -> Option<T>,
+) -> Vec<T> {
     let mut b = AggregateBuilder::new(limits());
     let mut out = Vec::new();
     for r in records {
         let h = hash(r);
         if b.try_push(r, h).is_err() {
-            out.push(b.finish().unwrap());
+            out.extend(finish(&mut b));
             b.try_push(r, h).unwrap();
         }
     }
-    out.extend(b.finish());
+    out.extend(finish(&mut b));
     out
+}
+
+/// Encodes `records`, each aggregate's MD5 trailer written as it is finished.
+fn encode(records: &[UserRecord], hash: impl FnMut(&UserRecord) -> HashKey) -> Vec<KinesisRecord> {
+    aggregate(records, hash, AggregateBuilder::finish)
 }
 
 /// [`encode`], with the MD5 trailers written as the pipeline writes them: every aggregate
 /// finished without its trailer, then all sealed together, four side by side.
 fn encode_sealed_together(
     records: &[UserRecord],
-    mut hash: impl FnMut(&UserRecord) -> HashKey,
+    hash: impl FnMut(&UserRecord) -> HashKey,
 ) -> Vec<KinesisRecord> {
-    let mut b = AggregateBuilder::new(limits());
-    let mut out: Vec<(KinesisRecord, Option<Unsealed>)> = Vec::new();
-    for r in records {
-        let h = hash(r);
-        if b.try_push(r, h).is_err() {
-            out.push(b.finish_unsealed(BytesMut::new()).unwrap());
-            b.try_push(r, h).unwrap();
-        }
-    }
-    out.extend(b.finish_unsealed(BytesMut::new()));
+    let mut out = aggregate(records, hash, |b| b.finish_unsealed(BytesMut::new()));
     Unsealed::seal_many(&mut out, |(_, u)| u.take(), |(k, _), data| k.data = data);
     out.into_iter().map(|(k, _)| k).collect()
 }

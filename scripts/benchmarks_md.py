@@ -10,10 +10,11 @@ out, secs = sys.argv[1], sys.argv[2]
 p2_secs = sys.argv[3] if len(sys.argv) > 3 else secs
 
 
-def criterion(path):
-    """name -> (middle throughput value, unit)."""
+def criterion_lines(lines):
+    """name -> (middle throughput value, unit) from criterion's output lines (the first
+    throughput after each name: the later ones are changes against a saved baseline)."""
     results, name = {}, None
-    for line in open(path):
+    for line in lines:
         m = re.match(r"^(\S+/\S+)\s*$", line.strip())
         if m and "Benchmarking" not in line:
             name = m.group(1)
@@ -21,6 +22,10 @@ def criterion(path):
         if m and name and name not in results:
             results[name] = (float(m.group(1)), m.group(2))
     return results
+
+
+def criterion(path):
+    return criterion_lines(open(path))
 
 
 def bench(name):
@@ -128,22 +133,14 @@ run, and the alternating side-by-side table below, rather than figures across ru
 """)
 side_path = os.path.join(out, "pipeline-side-by-side.txt")
 if os.path.exists(side_path):
-    # Runs alternate: base, this, base, this. name -> {label: [rates]}.
-    runs, label, name, revs = {}, None, None, {}
-    for line in open(side_path):
-        m = re.match(r"^== (\S+) (\S+)", line)
-        if m:
-            label, revs[m.group(1)] = m.group(1), m.group(2)
-            name = None
-            continue
-        m = re.match(r"^(\S+/\S+)\s*$", line.strip())
-        if m:
-            name = m.group(1)
-            continue
-        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
-        if m and name and label:
-            runs.setdefault(name, {}).setdefault(label, []).append(per_second(float(m.group(1)), m.group(2)))
-            name = None
+    # Runs alternate, each behind a "== base|this REV" line. name -> {label: [rates]}.
+    runs, revs = {}, {}
+    for part in re.split(r"^== ", open(side_path).read(), flags=re.M)[1:]:
+        header, _, body = part.partition("\n")
+        label, rev = header.split()
+        revs[label] = rev
+        for name, rate in criterion_lines(body.splitlines()).items():
+            runs.setdefault(name, {}).setdefault(label, []).append(per_second(*rate))
     print(f"""Side by side with commit {revs.get('base', '?')} (the previous session's code), its bench built
 from that commit and run alternately with this one's in the same session (`P1_BASE={revs.get('base', '?')}
 scripts/benchmarks.sh`), two runs each:

@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use bytes::{BufMut, Bytes, BytesMut};
+
 use crate::codec::digest;
 use crate::hash::HashKey;
 use crate::record::UserRecord;
-use bytes::{BufMut, Bytes, BytesMut};
 
 /// The first four bytes of every KPL aggregate.
 pub const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];

@@ -144,8 +144,9 @@ async fn put_with_faults(shared: &Shared, batch: bool, req: Request, next: Next)
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Request::from_parts(parts, Body::from(bytes))
     };
-    let enforce = shared.limits.is_some() || shared.discard_data;
-    if !targeted && !enforce {
+    // Entries are read one by one only for limits or to leave their data out.
+    let per_entry = shared.limits.is_some() || shared.discard_data;
+    if !targeted && !per_entry {
         return next.run(rebuild(bytes)).await;
     }
     if targeted && !latency.is_zero() {

@@ -93,7 +93,7 @@ pub(crate) async fn open_shards(store: &Store, stream: &str) -> Option<Vec<(u128
 /// Where `entry` goes and what it costs; `None` if it is malformed (the store answers that).
 pub(crate) fn charge(entry: &Value, shards: &[(u128, u128, String)]) -> Option<EntryCharge> {
     let key = entry.get("PartitionKey")?.as_str()?;
-    let data = entry.get("Data")?.as_str()?;
+    let bytes = billed_bytes(entry)?;
     let hash = match entry.get("ExplicitHashKey").and_then(Value::as_str) {
         Some(ehk) => ehk.parse::<HashKey>().ok()?,
         None => HashKey::of_partition_key(key),
@@ -105,7 +105,7 @@ pub(crate) fn charge(entry: &Value, shards: &[(u128, u128, String)]) -> Option<E
     }
     Some(EntryCharge {
         shard: id.clone(),
-        bytes: (key.len() + base64_decoded_len(data)) as u64,
+        bytes: bytes as u64,
     })
 }
 
