@@ -356,37 +356,24 @@ impl Unsealed {
     }
 
     /// Seals every aggregate `take` finds among `items` (taking it out), handing the finished
-    /// bytes to `put`: the MD5s run [`digest::LANES`] side by side, which costs about half of
-    /// sealing them one by one.
+    /// bytes to `put`: the MD5s run [`digest::LANES`] side by side
+    /// ([`digest::md5_each`]), which costs a fourth to a fifth of sealing them one by one.
     pub fn seal_many<T>(
         items: &mut [T],
         mut take: impl FnMut(&mut T) -> Option<Unsealed>,
         mut put: impl FnMut(&mut T, Bytes),
     ) {
-        let mut group: Vec<(usize, Unsealed)> = Vec::with_capacity(digest::LANES);
-        let mut flush = |group: &mut Vec<(usize, Unsealed)>, items: &mut [T]| {
-            if group.len() == digest::LANES {
-                let messages: [&[u8]; digest::LANES] =
-                    std::array::from_fn(|lane| group[lane].1.protobuf());
-                let digests = digest::md5_lanes(messages);
-                for ((i, unsealed), d) in group.drain(..).zip(digests) {
-                    put(&mut items[i], unsealed.seal_with(d));
-                }
-            } else {
-                for (i, unsealed) in group.drain(..) {
-                    put(&mut items[i], unsealed.seal());
-                }
-            }
-        };
-        for i in 0..items.len() {
-            if let Some(unsealed) = take(&mut items[i]) {
-                group.push((i, unsealed));
-                if group.len() == digest::LANES {
-                    flush(&mut group, items);
-                }
-            }
+        let unsealed: Vec<(usize, Unsealed)> = items
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, item)| take(item).map(|u| (i, u)))
+            .collect();
+        let messages: Vec<&[u8]> = unsealed.iter().map(|(_, u)| u.protobuf()).collect();
+        let mut digests = vec![[0u8; DIGEST_LEN]; messages.len()];
+        digest::md5_each(&messages, |i, d| digests[i] = d);
+        for ((i, unsealed), d) in unsealed.into_iter().zip(digests) {
+            put(&mut items[i], unsealed.seal_with(d));
         }
-        flush(&mut group, items);
     }
 }
 
