@@ -69,6 +69,10 @@ impl Hasher for FxHasher {
 /// A `HashMap` with [`FxHasher`].
 pub(crate) type FxHashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// [`FxHashMap`] from `hashbrown`, for its `entry_ref`: look a borrowed key up, insert an owned
+/// copy only on a miss, in one probe.
+pub(crate) type FxHashbrownMap<K, V> = hashbrown::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,17 @@ impl Hasher for PassThrough {
 
 type U128Map<V> = HashMap<u128, V, BuildHasherDefault<PassThrough>>;
 
+/// Where a record's partition key is in the key table, as far as the caller knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySlot {
+    /// Look it up (by its MD5, then its bytes).
+    Look,
+    /// At this index.
+    Known(u32),
+    /// Not there yet (a duplicate entry, if it is, costs only its bytes).
+    New,
+}
+
 struct First {
     partition_key: String,
     explicit_hash_key: Option<HashKey>,
@@ -175,19 +186,46 @@ impl AggregateBuilder {
         hash_key: HashKey,
         tags: &[(&str, Option<&str>)],
     ) -> Result<(), Full> {
+        self.push_inner(record, hash_key, tags, KeySlot::Look)
+            .map(|_| ())
+    }
+
+    /// [`try_push_tagged`](Self::try_push_tagged) for a caller that remembers where each
+    /// partition key went: `KeySlot::Known` must be the index this builder returned for the
+    /// record's exact partition key since its last `finish`; with `KeySlot::New` a new entry
+    /// is written without looking the key up. Returns the key's index.
+    pub(crate) fn push_inner(
+        &mut self,
+        record: &UserRecord,
+        hash_key: HashKey,
+        tags: &[(&str, Option<&str>)],
+        slot: KeySlot,
+    ) -> Result<u32, Full> {
         if self.count >= self.limits.max_count && self.count > 0 {
             return Err(Full);
         }
         let pk = record.partition_key.as_str();
         // The key table is indexed by the key's MD5: free when the record is routed by it.
-        let pk_hash = match record.explicit_hash_key {
+        let pk_hash = || match record.explicit_hash_key {
             None => hash_key.0,
             Some(_) => HashKey::of_partition_key(pk).0,
         };
-        let existing_key = self.key_index.get(&pk_hash).copied().filter(|&i| {
-            let (start, len) = self.key_spans[i as usize];
-            &self.keys[start..start + len] == pk.as_bytes()
-        });
+        let existing_key = match slot {
+            KeySlot::Known(index) => {
+                debug_assert_eq!(
+                    self.key_bytes(index),
+                    pk.as_bytes(),
+                    "a known key index holds the record's partition key"
+                );
+                Some(index)
+            }
+            KeySlot::New => None,
+            KeySlot::Look => self
+                .key_index
+                .get(&pk_hash())
+                .copied()
+                .filter(|&i| self.key_bytes(i) == pk.as_bytes()),
+        };
         let key_index = existing_key.unwrap_or(self.key_spans.len() as u32);
         let new_key_len = match existing_key {
             Some(_) => 0,
@@ -216,7 +254,7 @@ impl AggregateBuilder {
             put_varint(&mut self.keys, pk.len() as u64);
             self.key_spans.push((self.keys.len(), pk.len()));
             self.keys.extend_from_slice(pk.as_bytes());
-            self.key_index.insert(pk_hash, key_index);
+            self.key_index.insert(pk_hash(), key_index);
         }
         if new_ehk_len > 0 {
             let ehk = record.explicit_hash_key.expect("new ehk entry");
@@ -261,7 +299,13 @@ impl AggregateBuilder {
         }
         self.count += 1;
         self.tagged |= !tags.is_empty();
-        Ok(())
+        Ok(key_index)
+    }
+
+    /// The bytes of partition key `index` in the key table.
+    fn key_bytes(&self, index: u32) -> &[u8] {
+        let (start, len) = self.key_spans[index as usize];
+        &self.keys[start..start + len]
     }
 
     /// Finishes the Kinesis record and empties the builder (keeping its allocations).

@@ -240,26 +240,45 @@ fn finish_one(mut state: [u32; 4], blocks: &Blocks<'_>, from: usize) -> [u8; MD5
     digest_of(state)
 }
 
-/// MD5 of each of [`LANES`] messages, side by side.
+/// MD5 of each of [`LANES`] messages, side by side. The lanes run while two or more messages
+/// still have blocks (a lane whose message has ended digests a copy of its last block, and
+/// its state was taken when it ended); the longest message finishes alone.
 pub fn md5_lanes(messages: [&[u8]; LANES]) -> [[u8; MD5_LEN]; LANES] {
     let blocks = messages.map(Blocks::new);
-    let common = blocks.iter().map(|b| b.total).min().unwrap_or(0);
+    let lane_state = |state: &[u32x8; 4], lane: usize| state.map(|v| v.to_array()[lane]);
     let mut state = INIT.map(u32x8::splat);
+    let mut ended: [Option<[u32; 4]>; LANES] = [None; LANES];
+    // Every lane has blocks up to the shortest message's end; then until the second longest
+    // one's, some lanes idle.
+    let mut totals = blocks.each_ref().map(|b| b.total);
+    totals.sort_unstable();
+    let (common, second_longest) = (totals[0], totals[LANES - 2]);
     for i in 0..common {
         compress_lanes(
             &mut state,
             std::array::from_fn(|lane| blocks[lane].block(i)),
         );
     }
-    let lanes = state.map(u32x8::to_array);
-    std::array::from_fn(|lane| {
-        let lane_state = [
-            lanes[0][lane],
-            lanes[1][lane],
-            lanes[2][lane],
-            lanes[3][lane],
-        ];
-        finish_one(lane_state, &blocks[lane], common)
+    for i in common..second_longest {
+        for (lane, b) in blocks.iter().enumerate() {
+            if b.total == i {
+                ended[lane] = Some(lane_state(&state, lane));
+            }
+        }
+        compress_lanes(
+            &mut state,
+            std::array::from_fn(|lane| blocks[lane].block(i.min(blocks[lane].total - 1))),
+        );
+    }
+    let i = second_longest.max(common);
+    for (lane, b) in blocks.iter().enumerate() {
+        if b.total == i && ended[lane].is_none() {
+            ended[lane] = Some(lane_state(&state, lane));
+        }
+    }
+    std::array::from_fn(|lane| match ended[lane] {
+        Some(done) => digest_of(done),
+        None => finish_one(lane_state(&state, lane), &blocks[lane], i),
     })
 }
 

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::client::PutRecordsEntry;
-use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full, Unsealed};
+use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full, KeySlot, Unsealed};
 use crate::codec::deaggregate::Deaggregator;
 use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY, DedupId};
@@ -139,12 +139,33 @@ enum Key {
 }
 
 struct Open {
+    /// Unique among the aggregator's aggregates (see [`KeySeen`]).
+    serial: u64,
     builder: AggregateBuilder,
     records: Vec<RecordState>,
     deadline: Instant,
     shard: Arc<str>,
     first_hash: HashKey,
     single_hash: bool,
+}
+
+/// Where a caller last saw a partition key go: the aggregate (by serial) and the index of the
+/// key in its key table. Kept per key by the pipeline's route cache, so the next record of
+/// the key in the same aggregate needs no lookup in the aggregate's key table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeySeen {
+    aggregate: u64,
+    key_index: u32,
+}
+
+impl Default for KeySeen {
+    /// Seen in no aggregate.
+    fn default() -> Self {
+        KeySeen {
+            aggregate: u64::MAX,
+            key_index: 0,
+        }
+    }
 }
 
 /// Open aggregates: by shard index in a list (no hashing per record), by hash key in a map.
@@ -193,6 +214,8 @@ pub(crate) struct Aggregator {
     deadlines: BTreeSet<(Instant, Key)>,
     map_version: u64,
     spare: Vec<AggregateBuilder>,
+    /// The next aggregate's serial.
+    next_serial: u64,
     /// Room for user records a new aggregate's list gets: the recent largest aggregate, so
     /// lists seldom grow (growing a list of tens of kilobytes is a copy and a large free).
     list_capacity: usize,
@@ -241,6 +264,7 @@ impl Aggregator {
             deadlines: BTreeSet::new(),
             map_version: 0,
             spare: Vec::new(),
+            next_serial: 0,
             list_capacity: 1,
         }
     }
@@ -266,16 +290,20 @@ impl Aggregator {
         out: &mut Vec<KinesisRecordOut>,
     ) {
         let index = map.index_of(state.hash_key);
-        self.push_routed(record, state, index, map, grouping, out);
+        self.push_routed(record, state, index, None, map, grouping, out);
     }
 
     /// [`push`](Self::push) with the record's shard index in `map` already known
-    /// (`map.index_of(state.hash_key)`: the pipeline remembers it per partition key).
+    /// (`map.index_of(state.hash_key)`: the pipeline remembers it per partition key), and
+    /// where the caller last saw this exact partition key go (`seen`, updated here).
+    // One call per record on the hot path: its arguments are the stages' state, not options.
+    #[allow(clippy::too_many_arguments)]
     pub fn push_routed(
         &mut self,
         record: &UserRecord,
         state: RecordState,
         index: usize,
+        seen: Option<&mut KeySeen>,
         map: &ShardMap,
         grouping: Grouping,
         out: &mut Vec<KinesisRecordOut>,
@@ -289,7 +317,18 @@ impl Aggregator {
         };
         let dedup = self.dedup_producer;
         if let Some(open) = self.open.get_mut(&key) {
-            if push_into(&mut open.builder, record, &state, dedup).is_ok() {
+            let slot = match seen.as_deref() {
+                None => KeySlot::Look,
+                Some(s) if s.aggregate == open.serial => KeySlot::Known(s.key_index),
+                Some(_) => KeySlot::New,
+            };
+            if let Ok(key_index) = push_into(&mut open.builder, record, &state, dedup, slot) {
+                if let Some(seen) = seen {
+                    *seen = KeySeen {
+                        aggregate: open.serial,
+                        key_index,
+                    };
+                }
                 open.single_hash &= open.first_hash == hash;
                 open.records.push(state);
                 if open.records.len() >= self.limits.max_count {
@@ -303,8 +342,16 @@ impl Aggregator {
             .spare
             .pop()
             .unwrap_or_else(|| AggregateBuilder::new(self.limits));
-        push_into(&mut builder, record, &state, dedup)
+        let key_index = push_into(&mut builder, record, &state, dedup, KeySlot::New)
             .expect("an empty aggregate accepts any record");
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        if let Some(seen) = seen {
+            *seen = KeySeen {
+                aggregate: serial,
+                key_index,
+            };
+        }
         // The buffered time counts from when the record reached the pipeline: a record that
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
@@ -321,6 +368,7 @@ impl Aggregator {
         };
         records.push(state);
         let open = Open {
+            serial,
             builder,
             records,
             deadline,
@@ -445,15 +493,17 @@ impl Aggregator {
     }
 }
 
-/// Adds `record` to `builder`, tagged with its dedup id if `dedup_producer` is set.
+/// Adds `record` to `builder`, tagged with its dedup id if `dedup_producer` is set; `slot`:
+/// where its partition key is in `builder`, as far as the caller knows. Returns the key's index.
 fn push_into(
     builder: &mut AggregateBuilder,
     record: &UserRecord,
     state: &RecordState,
     dedup_producer: Option<u64>,
-) -> Result<(), Full> {
+    slot: KeySlot,
+) -> Result<u32, Full> {
     match dedup_producer {
-        None => builder.try_push(record, state.hash_key),
+        None => builder.push_inner(record, state.hash_key, &[], slot),
         Some(producer) => {
             let mut buf = [0u8; DEDUP_ID_MAX_LEN];
             let id = DedupId {
@@ -461,13 +511,15 @@ fn push_into(
                 seq: state.seq,
             }
             .encode(&mut buf);
-            builder.try_push_tagged(record, state.hash_key, &[(DEDUP_TAG_KEY, Some(id))])
+            builder.push_inner(record, state.hash_key, &[(DEDUP_TAG_KEY, Some(id))], slot)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::codec::deaggregate::Deaggregator;
     use crate::producer::record::PendingRecord;
@@ -523,6 +575,58 @@ mod tests {
                 &*map.shard(map.index_of(o.records[0].hash_key)).id
             );
         }
+    }
+
+    #[test]
+    fn remembered_key_slots_write_the_same_aggregates_as_looking_keys_up() {
+        // Records of a few keys over two shards, in aggregates small enough that each key
+        // spans several of them: the slot a key was seen at is right only in its aggregate.
+        let map = ShardMap::new(&even_shards(2), 1).unwrap();
+        let keys: Vec<String> = (0..7).map(|k| format!("key-{k}")).collect();
+        let records: Vec<UserRecord> = (0..600)
+            .map(|i| UserRecord::new(keys[i * 5 % 7].clone(), format!("record {i:>40}")))
+            .collect();
+        let run = |remember: bool| {
+            let mut agg = aggregator();
+            let mut seen: HashMap<String, KeySeen> = HashMap::new();
+            let mut out = Vec::new();
+            for record in &records {
+                let (mut p, _) = PendingRecord::new(record.clone(), Instant::now(), 0);
+                p.state.hash_key = record.hash_key();
+                let index = map.index_of(p.state.hash_key);
+                let slot = remember.then(|| seen.entry(record.partition_key.clone()).or_default());
+                agg.push_routed(
+                    &p.record,
+                    p.state,
+                    index,
+                    slot,
+                    &map,
+                    Grouping::ByShard,
+                    &mut out,
+                );
+            }
+            agg.finish_all(&mut out);
+            seal_all(&mut out);
+            out
+        };
+        let (looked_up, remembered) = (run(false), run(true));
+        assert!(looked_up.len() > 4, "{} aggregates", looked_up.len());
+        assert_eq!(looked_up.len(), remembered.len());
+        let mut all = Vec::new();
+        for (a, b) in looked_up.iter().zip(&remembered) {
+            assert_eq!(
+                a.entry, b.entry,
+                "byte for byte, one key table entry per key"
+            );
+            all.extend(decoded(b));
+        }
+        let mut expected: Vec<(String, Bytes)> = records
+            .iter()
+            .map(|r| (r.partition_key.clone(), r.data.clone()))
+            .collect();
+        all.sort();
+        expected.sort();
+        assert_eq!(all, expected);
     }
 
     #[test]

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
-use crate::fxhash::FxHashMap;
+use crate::fxhash::FxHashbrownMap;
 use crate::hash::HashKey;
-use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
+use crate::producer::aggregator::{Aggregator, Grouping, KeySeen, KinesisRecordOut, seal_all};
 use crate::producer::backoff::Backoff;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
@@ -94,7 +94,7 @@ pub(crate) struct Pipeline {
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
     map_tx: mpsc::UnboundedSender<ShardMap>,
-    hash_cache: FxHashMap<String, Route>,
+    hash_cache: RouteCache,
 
     aggregator: Aggregator,
     shards: HashMap<Arc<str>, ShardQueue>,
@@ -131,12 +131,17 @@ pub(crate) struct Pipeline {
     misplaced: Vec<Misplaced>,
 }
 
+/// Partition key -> what the pipeline remembers of it.
+type RouteCache = FxHashbrownMap<String, Route>;
+
 /// What the pipeline remembers of a partition key (see [`Pipeline::route_of`]).
 struct Route {
     hash: HashKey,
     /// Its shard's index in the map of version `map_version`.
     shard_index: u32,
     map_version: u64,
+    /// Where the key's records last went in the aggregator.
+    seen: KeySeen,
 }
 
 struct Misplaced {
@@ -182,7 +187,7 @@ impl Pipeline {
             grouping: Grouping::ByShard,
             refresh: None,
             map_tx,
-            hash_cache: FxHashMap::default(),
+            hash_cache: RouteCache::default(),
             aggregator,
             shards: HashMap::new(),
             waiting: VecDeque::new(),
@@ -320,12 +325,12 @@ impl Pipeline {
     /// aggregator. The record's key and data are freed here, right after the aggregator copied
     /// them.
     fn accept(&mut self, record: UserRecord, mut state: RecordState) {
-        let index = if state.explicit {
-            self.map.index_of(state.hash_key)
+        let (index, seen) = if state.explicit {
+            (self.map.index_of(state.hash_key), None)
         } else {
-            let (hash, index) = self.route_of(&record.partition_key);
-            state.hash_key = hash;
-            index
+            let route = route_of(&mut self.hash_cache, &self.map, &record.partition_key);
+            state.hash_key = route.hash;
+            (route.shard_index as usize, Some(&mut route.seen))
         };
         state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
         state.seq = self.next_seq;
@@ -336,6 +341,7 @@ impl Pipeline {
             &record,
             state,
             index,
+            seen,
             &self.map,
             self.grouping,
             &mut self.finished,
@@ -384,31 +390,6 @@ impl Pipeline {
             .map(|r| r.expect("every record of the batch resolved"))
             .collect();
         let _ = open.reply.send(replies);
-    }
-
-    /// The hash key of `partition_key` and the index of its shard in the current map. Both are
-    /// remembered per key: the index until the map changes (its version tells).
-    fn route_of(&mut self, partition_key: &str) -> (HashKey, usize) {
-        let version = self.map.version();
-        if let Some(route) = self.hash_cache.get_mut(partition_key) {
-            if route.map_version != version {
-                route.shard_index = self.map.index_of(route.hash) as u32;
-                route.map_version = version;
-            }
-            return (route.hash, route.shard_index as usize);
-        }
-        if self.hash_cache.len() >= HASH_CACHE_ENTRIES {
-            self.hash_cache.clear();
-        }
-        let hash = HashKey::of_partition_key(partition_key);
-        let index = self.map.index_of(hash);
-        let route = Route {
-            hash,
-            shard_index: index as u32,
-            map_version: version,
-        };
-        self.hash_cache.insert(partition_key.to_owned(), route);
-        (hash, index)
     }
 
     /// Moves everything one step further: due retries back into shard queues, due aggregates
@@ -955,6 +936,30 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// What the route cache remembers of `partition_key` (inserted if new): its hash key, the
+/// index of its shard in `map` (until the map changes: its version tells), and where its
+/// records last went in the aggregator.
+fn route_of<'a>(cache: &'a mut RouteCache, map: &ShardMap, partition_key: &str) -> &'a mut Route {
+    let version = map.version();
+    if cache.len() >= HASH_CACHE_ENTRIES {
+        cache.clear();
+    }
+    let route = cache.entry_ref(partition_key).or_insert_with(|| {
+        let hash = HashKey::of_partition_key(partition_key);
+        Route {
+            hash,
+            shard_index: map.index_of(hash) as u32,
+            map_version: version,
+            seen: KeySeen::default(),
+        }
+    });
+    if route.map_version != version {
+        route.shard_index = map.index_of(route.hash) as u32;
+        route.map_version = version;
+    }
+    route
 }
 
 fn last_error(record: &KinesisRecordOut) -> String {
