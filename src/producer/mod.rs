@@ -72,6 +72,7 @@ pub mod metrics;
 mod pipeline;
 pub mod record;
 mod retrier;
+mod routes;
 mod sender;
 pub mod shard_map;
 #[cfg(feature = "bench-internals")]

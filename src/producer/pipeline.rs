@@ -14,9 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
-use crate::fxhash::FxHashbrownMap;
-use crate::hash::HashKey;
-use crate::producer::aggregator::{Aggregator, Grouping, KeySeen, KinesisRecordOut, seal_all};
+use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
 use crate::producer::backoff::Backoff;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
@@ -31,14 +29,13 @@ use crate::producer::retrier::{
     EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
     wrong_shard_error,
 };
+use crate::producer::routes::{DEFAULT_ROUTE_CACHE_KEYS, RouteCache};
 use crate::producer::sender::{Completed, Sender};
 use crate::producer::shard_map::ShardMap;
 use crate::record::UserRecord;
 
 /// Records taken from the input channel per wake-up.
 const INPUT_BATCH: usize = 1024;
-/// Distinct partition keys whose hash is remembered (the cache is cleared when full).
-const HASH_CACHE_ENTRIES: usize = 1 << 16;
 /// Shortest sleep when a timer is already due but cannot act (float rounding in a limiter).
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
@@ -94,7 +91,7 @@ pub(crate) struct Pipeline {
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
     map_tx: mpsc::UnboundedSender<ShardMap>,
-    hash_cache: RouteCache,
+    routes: RouteCache,
 
     aggregator: Aggregator,
     shards: HashMap<Arc<str>, ShardQueue>,
@@ -129,19 +126,6 @@ pub(crate) struct Pipeline {
     free_batches: Vec<u32>,
     /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
     misplaced: Vec<Misplaced>,
-}
-
-/// Partition key -> what the pipeline remembers of it.
-type RouteCache = FxHashbrownMap<String, Route>;
-
-/// What the pipeline remembers of a partition key (see [`Pipeline::route_of`]).
-struct Route {
-    hash: HashKey,
-    /// Its shard's index in the map of version `map_version`.
-    shard_index: u32,
-    map_version: u64,
-    /// Where the key's records last went in the aggregator.
-    seen: KeySeen,
 }
 
 struct Misplaced {
@@ -187,7 +171,7 @@ impl Pipeline {
             grouping: Grouping::ByShard,
             refresh: None,
             map_tx,
-            hash_cache: RouteCache::default(),
+            routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
             aggregator,
             shards: HashMap::new(),
             waiting: VecDeque::new(),
@@ -328,9 +312,9 @@ impl Pipeline {
         let (index, seen) = if state.explicit {
             (self.map.index_of(state.hash_key), None)
         } else {
-            let route = route_of(&mut self.hash_cache, &self.map, &record.partition_key);
+            let route = self.routes.route(&self.map, &record.partition_key);
             state.hash_key = route.hash;
-            (route.shard_index as usize, Some(&mut route.seen))
+            (route.shard_index, route.seen)
         };
         state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
         state.seq = self.next_seq;
@@ -936,30 +920,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// What the route cache remembers of `partition_key` (inserted if new): its hash key, the
-/// index of its shard in `map` (until the map changes: its version tells), and where its
-/// records last went in the aggregator.
-fn route_of<'a>(cache: &'a mut RouteCache, map: &ShardMap, partition_key: &str) -> &'a mut Route {
-    let version = map.version();
-    if cache.len() >= HASH_CACHE_ENTRIES {
-        cache.clear();
-    }
-    let route = cache.entry_ref(partition_key).or_insert_with(|| {
-        let hash = HashKey::of_partition_key(partition_key);
-        Route {
-            hash,
-            shard_index: map.index_of(hash) as u32,
-            map_version: version,
-            seen: KeySeen::default(),
-        }
-    });
-    if route.map_version != version {
-        route.shard_index = map.index_of(route.hash) as u32;
-        route.map_version = version;
-    }
-    route
 }
 
 fn last_error(record: &KinesisRecordOut) -> String {

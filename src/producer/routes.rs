@@ -1,0 +1,158 @@
+//! Stage 2, routing: each record's hash key and shard, and what the pipeline remembers of its
+//! partition key so that the next record of the same key costs one hash-table probe.
+//!
+//! A partition key's MD5 is the main per-record cost after the copy of its data; producers
+//! usually send many records per key. The cache keeps, per key: the hash key, the index of its
+//! shard in the current map (until the map changes), and where its records last went in the
+//! aggregator ([`KeySeen`]). It is bounded: when full it stops taking keys, and once as many
+//! keys as it holds have missed since then, it starts over (the population of keys moved on).
+//! So a workload with more distinct keys than the cache holds keeps the hits of the keys it has
+//! instead of emptying it at every new key.
+
+use hashbrown::hash_map::EntryRef;
+
+use crate::fxhash::FxHashbrownMap;
+use crate::hash::HashKey;
+use crate::producer::aggregator::KeySeen;
+use crate::producer::shard_map::ShardMap;
+
+/// Distinct partition keys remembered by default.
+pub(crate) const DEFAULT_ROUTE_CACHE_KEYS: usize = 1 << 16;
+
+/// Where a record goes.
+pub(crate) struct RecordRoute<'a> {
+    pub hash: HashKey,
+    /// Its shard's index in the map it was routed with.
+    pub shard_index: usize,
+    /// Where its key's records last went in the aggregator: `None` for a key not in the cache.
+    pub seen: Option<&'a mut KeySeen>,
+}
+
+struct Route {
+    hash: HashKey,
+    /// Its shard's index in the map of version `map_version`.
+    shard_index: u32,
+    map_version: u64,
+    seen: KeySeen,
+}
+
+/// Partition key -> its route, bounded.
+pub(crate) struct RouteCache {
+    routes: FxHashbrownMap<String, Route>,
+    capacity: usize,
+    /// Keys that missed since the cache was last full.
+    misses_while_full: usize,
+    /// Empty the cache before the next record.
+    start_over: bool,
+}
+
+impl RouteCache {
+    /// A cache of at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        RouteCache {
+            routes: FxHashbrownMap::default(),
+            capacity,
+            misses_while_full: 0,
+            start_over: false,
+        }
+    }
+
+    /// The route of a record keyed by `partition_key` under `map`: one probe for a key the
+    /// cache holds.
+    pub fn route<'a>(&'a mut self, map: &ShardMap, partition_key: &str) -> RecordRoute<'a> {
+        if self.start_over {
+            self.routes.clear();
+            self.start_over = false;
+            self.misses_while_full = 0;
+        }
+        let version = map.version();
+        let full = self.routes.len() >= self.capacity;
+        let route = match self.routes.entry_ref(partition_key) {
+            EntryRef::Occupied(entry) => entry.into_mut(),
+            EntryRef::Vacant(entry) => {
+                let hash = HashKey::of_partition_key(partition_key);
+                let shard_index = map.index_of(hash);
+                if full {
+                    self.misses_while_full += 1;
+                    if self.misses_while_full < self.capacity {
+                        return RecordRoute {
+                            hash,
+                            shard_index,
+                            seen: None,
+                        };
+                    }
+                    // Kept, and emptied before the next record (the entry borrows the map now).
+                    self.start_over = true;
+                }
+                entry.insert(Route {
+                    hash,
+                    shard_index: shard_index as u32,
+                    map_version: version,
+                    seen: KeySeen::default(),
+                })
+            }
+        };
+        if route.map_version != version {
+            route.shard_index = map.index_of(route.hash) as u32;
+            route.map_version = version;
+        }
+        RecordRoute {
+            hash: route.hash,
+            shard_index: route.shard_index as usize,
+            seen: Some(&mut route.seen),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::shard_map::even_shards;
+
+    #[test]
+    fn routes_match_the_map_and_follow_a_new_one() {
+        let one = ShardMap::new(&even_shards(1), 1).unwrap();
+        let eight = ShardMap::new(&even_shards(8), 2).unwrap();
+        let mut cache = RouteCache::new(16);
+        for map in [&one, &eight, &one] {
+            for k in 0..10 {
+                let key = format!("key-{k}");
+                let hash = HashKey::of_partition_key(&key);
+                let route = cache.route(map, &key);
+                assert_eq!(route.hash, hash);
+                assert_eq!(route.shard_index, map.index_of(hash));
+                assert!(route.seen.is_some());
+            }
+        }
+        assert_eq!(cache.len(), 10);
+    }
+
+    #[test]
+    fn a_full_cache_keeps_its_keys_until_as_many_have_missed() {
+        let map = ShardMap::new(&even_shards(4), 1).unwrap();
+        let mut cache = RouteCache::new(4);
+        for k in 0..4 {
+            cache.route(&map, &format!("kept-{k}"));
+        }
+        // Misses while full are routed right but not remembered...
+        for k in 0..3 {
+            let key = format!("other-{k}");
+            let route = cache.route(&map, &key);
+            assert!(route.seen.is_none());
+            assert_eq!(route.hash, HashKey::of_partition_key(&key));
+            assert_eq!(cache.len(), 4);
+        }
+        // ...and the kept keys still hit.
+        assert!(cache.route(&map, "kept-0").seen.is_some());
+        // The fourth miss since it filled: the cache starts over (the next record finds it
+        // empty).
+        assert!(cache.route(&map, "other-3").seen.is_some());
+        assert!(cache.route(&map, "kept-1").seen.is_some());
+        assert_eq!(cache.len(), 1);
+    }
+}
