@@ -4,16 +4,17 @@
 //!  send(_batch) ──► validate ──► buffer permits ──┐            (caller's task)
 //!                                                 │ channel
 //! ┌───────────────────────────────────────────────▼───────────── pipeline task ──┐
-//! │ record      hash key: explicit, or MD5(partition key) through a key cache    │
+//! │ routes      hash key: explicit, or MD5(partition key) through a key cache    │
 //! │ shard_map   predict the shard: binary search of the open shards' ranges      │
-//! │             (the cache keeps each key's shard index until the map changes)   │
+//! │             (the cache keeps each key's shard index until the map changes,   │
+//! │             and its slot in its aggregate's key table)                       │
 //! │ aggregator  one KPL aggregate per shard (per hash key while the map is       │
 //! │             stale); finished when full or after record_max_buffered_time;    │
 //! │             optionally zstd-framed                                           │
 //! │ limiter     per shard: every sliding second within 97-100 % of 1000 rec/s    │
 //! │             and 1 MiB/s (key + data); throttling slows it down (AIMD)        │
 //! │ collector   PutRecords calls of ≤ 500 entries, ≤ 5 MiB (key + data bytes)    │
-//! │             whose aggregates get their MD5 trailers together, 4 side by side │
+//! │             whose aggregates get their MD5 trailers together, 8 side by side │
 //! │ sender      ≤ max_concurrent_requests calls, each ≤ request_timeout ─────────┼──► Kinesis
 //! │ retrier     per entry: stored ─► receipts; wrong shard ─► refresh the map,   │
 //! │             aggregate again; retryable ─► backoff, back to the limiter;      │

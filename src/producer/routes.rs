@@ -1,5 +1,6 @@
-//! Stage 2, routing: each record's hash key and shard, and what the pipeline remembers of its
-//! partition key so that the next record of the same key costs one hash-table probe.
+//! Stage 2, with the shard map, routing: each record's hash key and shard, and what the
+//! pipeline remembers of its partition key so that the next record of the key costs one
+//! hash-table probe.
 //!
 //! A partition key's MD5 is the main per-record cost after the copy of its data; producers
 //! usually send many records per key. The cache keeps, per key: the hash key, the index of its
