@@ -11,7 +11,7 @@
 //! │ aggregator  one KPL aggregate per shard (per hash key while the map is       │
 //! │             stale); finished when full or after record_max_buffered_time;    │
 //! │             optionally zstd-framed                                           │
-//! │ limiter     per shard: every sliding second within 97-100 % of 1000 rec/s    │
+//! │ limiter     per shard: every sliding 1.015 s within 97-100 % of 1000 rec/s   │
 //! │             and 1 MiB/s (key + data); throttling slows it down (AIMD)        │
 //! │ collector   PutRecords calls of ≤ 500 entries, ≤ 5 MiB (key + data bytes)    │
 //! │             whose aggregates get their MD5 trailers together, 8 side by side │
