@@ -299,10 +299,12 @@ async fn resets_and_the_down_period_break_connections() {
         .expect("up again");
     sim.set_faults(Faults {
         reset_probability: 1.0,
-        max_faults: Some(1),
+        // More than one: a connection dropped before the request went out is retried once
+        // by the HTTP client on a fresh one (also dropped then), which made one fault flaky.
+        max_faults: Some(3),
         ..Default::default()
     });
-    // The pooled connection is closed after each answer; the next one is reset.
+    // The pooled connection is closed after each answer; the next ones are reset.
     let first = c.put_records(&stream(), entries(2, 1, 10)).await;
     let second = c.put_records(&stream(), entries(3, 1, 10)).await;
     assert!(first.is_err() || second.is_err(), "{first:?} {second:?}");

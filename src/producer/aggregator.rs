@@ -144,6 +144,8 @@ struct Open {
     builder: AggregateBuilder,
     records: Vec<RecordState>,
     deadline: Instant,
+    /// When it is next looked at: its deadline, or later while its shard has a backlog.
+    check: Instant,
     shard: Arc<str>,
     first_hash: HashKey,
     single_hash: bool,
@@ -372,6 +374,7 @@ impl Aggregator {
             builder,
             records,
             deadline,
+            check: deadline,
             shard,
             first_hash: hash,
             single_hash: true,
@@ -412,13 +415,33 @@ impl Aggregator {
         }
     }
 
-    /// Finishes aggregates whose oldest record has waited the max buffered time.
-    pub fn finish_due(&mut self, now: Instant, out: &mut Vec<KinesisRecordOut>) {
-        while let Some(&(deadline, key)) = self.deadlines.first() {
-            if deadline > now {
+    /// Finishes the aggregates whose buffered time is up, except those whose shard still has
+    /// a backlog (`backlogged(shard)`): they could not leave before it anyway, so they keep
+    /// filling (a full one finishes by its size) and are looked at again a quarter of the
+    /// buffered time later. Under throttling or a closed loop's bursts this keeps aggregates
+    /// full instead of sending part-empty ones into a queue that waits for the shard.
+    pub fn finish_due(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<KinesisRecordOut>,
+        backlogged: impl Fn(&str) -> bool,
+    ) {
+        let recheck = (self.max_buffered_time / 4).max(Duration::from_millis(1));
+        while let Some(&(check, key)) = self.deadlines.first() {
+            if check > now {
                 break;
             }
-            self.finish(key, out);
+            let open = self
+                .open
+                .get_mut(&key)
+                .expect("a deadline has its aggregate");
+            if backlogged(&open.shard) {
+                self.deadlines.remove(&(check, key));
+                open.check = now + recheck;
+                self.deadlines.insert((open.check, key));
+            } else {
+                self.finish(key, out);
+            }
         }
     }
 
@@ -436,7 +459,7 @@ impl Aggregator {
 
     fn finish(&mut self, key: Key, out: &mut Vec<KinesisRecordOut>) {
         if let Some(open) = self.open.remove(&key) {
-            self.deadlines.remove(&(open.deadline, key));
+            self.deadlines.remove(&(open.check, key));
             out.push(self.seal(open));
         }
     }
@@ -627,6 +650,33 @@ mod tests {
         all.sort();
         expected.sort();
         assert_eq!(all, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_due_aggregate_waits_while_its_shard_has_a_backlog() {
+        let map = ShardMap::new(&even_shards(1), 1).unwrap();
+        let mut agg = aggregator();
+        let mut out = Vec::new();
+        push(&mut agg, "k", "first", &map, &mut out);
+        let due = agg.next_deadline().expect("an open aggregate");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        assert!(due <= now);
+        // Backlogged: it stays open, takes more records, and is looked at again later.
+        agg.finish_due(now, &mut out, |_| true);
+        assert!(out.is_empty());
+        let again = agg.next_deadline().expect("still open");
+        assert_eq!(again, now + Duration::from_millis(250));
+        push(&mut agg, "k", "second", &map, &mut out);
+        agg.finish_due(now, &mut out, |_| true);
+        assert!(out.is_empty(), "not due again yet");
+        // The backlog is gone: finished at the next look, with both records, and its
+        // send-by time is still the first record's.
+        agg.finish_due(again, &mut out, |_| false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].records.len(), 2);
+        assert_eq!(out[0].deadline, due);
+        assert_eq!(agg.next_deadline(), None);
     }
 
     #[test]

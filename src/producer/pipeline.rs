@@ -385,7 +385,11 @@ impl Pipeline {
         if self.flushing() {
             self.aggregator.finish_all(&mut self.finished);
         } else {
-            self.aggregator.finish_due(now, &mut self.finished);
+            let shards = &self.shards;
+            self.aggregator
+                .finish_due(now, &mut self.finished, |shard| {
+                    shards.get(shard).is_some_and(|q| !q.queue.is_empty())
+                });
         }
         // Drained in place: the list keeps its room for the next event.
         let mut finished = std::mem::take(&mut self.finished);
