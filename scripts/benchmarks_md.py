@@ -72,7 +72,7 @@ enc_lanes = codec.get("encode_100B_1000keys/md5_key_cache_trailers_side_by_side"
 enc_md5 = codec.get("encode_100B_1000keys/md5_per_record", (0, ""))[0]
 print(f"""
 Goal: encoding including the partition key's MD5 at >= 3 M records/s on one core: **{enc_lanes} M/s**
-as the pipeline encodes (key cache, the trailers of many aggregates written together, four side
+as the pipeline encodes (key cache, the trailers of many aggregates written together, eight side
 by side), {enc_cache} M/s with each trailer written alone, {enc_md5} M/s hashing every record's key;
 the cache is worth {enc_cache / enc_md5 if enc_md5 else 0:.2f}x, the side-by-side trailers
 {enc_lanes / enc_cache if enc_cache else 0:.2f}x. The MD5 trailer over each 50 KiB aggregate is the
@@ -119,16 +119,20 @@ level 1. All 200 000 records of an iteration are built before the clock starts, 
 reads every record from memory, not from the cache.
 
 Goal >= 2 M records/s: **{verdict}** (best: `{best}`, {best_rate:.2f} M/s). `send_batch` does
-{batched / one if one else 0:.2f}x the records of `send` per core. Per record, every mode pays the key-cache
-lookup (which also remembers the key's shard index until the map changes), the copy into the
-aggregate, the free of the caller's key and data (right after the copy, while they are in the
-cache) and its share of the MD5 trailer. The trailers of a call's aggregates are computed four
-side by side in SSE2 lanes (`md5_trailers_64x51200B` above: {md5_ratio:.2f}x the md-5 crate's
-bytes/s), so MD5 fell from ~25-30 % of the samples of `aggregated_batches_of_1000` to ~16 %;
-glibc's `free` of the caller's records is now the largest single cost (~16 %). `send` adds a
-oneshot channel per record (an allocation, and a cache miss when it resolves), a channel
-message and a wait for room. This 2-core VM's speed drifts by +-15 % within minutes (the same
-bench binary measured batches at 1.67 and 2.19 M/s ten minutes apart): compare the rows of one
+{batched / one if one else 0:.2f}x the records of `send` per core. Per record, every mode pays one
+probe of the route cache (the key's hash, its shard index until the map changes, and where
+the key last went: the aggregate and the key's slot in its key table, so a repeated key needs
+no lookup there), the copy into the aggregate, the free of the caller's key and data (right
+after the copy; glibc's `free` of the caller's records, with the consolidation a freed
+96 KB batch triggers, is now the largest single cost, ~20 % of the pipeline's samples) and its
+share of the MD5 trailer. The trailers of a call's aggregates are computed eight side by side
+(`wide::u32x8`: two SSE2 registers, so two independent chains; `md5_trailers_64x51200B`
+above: {md5_ratio:.2f}x the md-5 crate's bytes/s; the previous `[u32; 4]` lanes compiled to
+scalar code at ~2x), so MD5 went from ~16 % of the samples of `aggregated_batches_of_1000` to
+~10 %. `send` adds a oneshot channel per record (an allocation, and a cache miss when it
+resolves), a channel message and a wait for room. This 2-core VM's speed drifts by +-15 %
+within minutes (the same bench binary measured batches at 2.17 and 2.63 M/s ten minutes
+apart): compare the rows of one
 run, and the alternating side-by-side table below, rather than figures across runs.
 """)
 side_path = os.path.join(out, "pipeline-side-by-side.txt")
@@ -170,8 +174,9 @@ producer fills the cold shards (a closed loop offers them their share of the key
 
 | shards | user records/s | byte utilization | steady (after 1 s) | hottest shard | throttled entries | failed | p99 latency (closed loop: queueing) |
 |---|---|---|---|---|---|---|---|""")
-for n in (1, 8, 64):
-    r = bench(f"p2-{n}")
+for n, name in ((1, "p2-1"), (8, "p2-8"), (64, "p2-64"),
+                ("64, `--send-batch 64`", "p2-64-batch"), ("64, 1 000-byte records", "p2-64-1k")):
+    r = bench(name)
     d = r["during_load"]
     print(f"| {n} | {d['user_records_per_second']:.0f} | {pct(d['byte_utilization'])} | {pct(d['steady_byte_utilization'])} | "
           f"{pct(d['hottest_shard_byte_utilization'])} | {pct(r['throttled_fraction'])} | {r['user_records_failed']} | {r['latency_ms']['p99']:.0f} ms |")
@@ -179,14 +184,24 @@ r64_ = bench("p2-64")
 cores64 = r64_["cpu_seconds"] / (r64_["duration_seconds"] + r64_.get("drain_seconds", 0))
 print(f"""
 Goals: >= 95 % of the shard byte capacity and < 1 % throttled entries, 0 lost. The limiter keeps
-every sliding second under the rate and probes to the published limit; 51 200-byte aggregates
-fit a 1 MiB second 20 times (97.7 %), 19 times at the 97 % it returns to after a throttle
-(92.8 %): with a slack of 2.3 % (~25 ms), a shard stays at 20 aggregates a second only while the
-delay from the limiter to the simulator varies by less than that. At 64 shards (~620 000
-records/s of 100 bytes on two cores shared with the simulator, which parses every request)
-it varies more: the throttles (each a "timing" cut back to 97 %) hold the shards near 19 a
-second. The process (producer, `kpl bench`'s load and receipts, simulator) used
-{cores64:.2f} of the 2 cores in that run: saturated, which is what makes the delays vary.
+every sliding 1.015 s within one second's rate and probes to the published limit. The 15 ms
+guard is new in this run: without it a backlogged shard sent the aggregate that reopens a
+second's budget at the instant the oldest one left it, and any variation in the delay to the
+simulator put 21 aggregates into one of its seconds (at 64 shards 1.7 % of the entries were
+throttled, and each throttle cut the shard back to 97 %, 19 aggregates a second). With it, the
+throttles left are at the start (the first calls take longer: connections are opened), and a
+shard holds 20 aggregates per 1.015 s: at most 96 % of the capacity with ~51 150-byte
+aggregates. Also new: an aggregate whose buffered time is up waits while its shard still has a
+backlog (it could not leave earlier) and keeps filling, instead of going out part-empty; in a
+closed loop the room that a call's answer frees comes back in a burst, and shards used to send
+aggregates cut short by the 100 ms limit after each one.
+
+The last rows measure the same 64 shards with less CPU in the way: the process (producer,
+`kpl bench`'s load and receipts, simulator) used {cores64:.2f} of the 2 cores in the 100-byte `send`
+run; `--send-batch 64` drops the load generator's per-record futures, 1 000-byte records
+carry the same bytes in a tenth of the records. What is left below ~96 % is the spread of the
+load itself (100 000 uniform keys give the 64 shards shares within ~2.5 %; a closed loop offers
+each its share, see "hottest shard") and the throttles at the start.
 
 ## P4: compression (`kpl bench --payload json-logs --record-size 200-300`, 4 shards)
 
