@@ -33,7 +33,7 @@ for line in sys.stdin:
   git worktree remove --force "$base_tree"
   rows='aggregated$|batches_of_1000$'
   : > "$out/pipeline-side-by-side.txt"
-  for which in base this base this; do
+  for which in base this base this base this; do
     echo "== $which $(git rev-parse --short "$([ $which = base ] && echo "$P1_BASE" || echo HEAD)")" >> "$out/pipeline-side-by-side.txt"
     "$out/pipeline-$which" --bench "$rows" 2>&1 | grep -E '^pipeline|thrpt' >> "$out/pipeline-side-by-side.txt"
   done

@@ -147,7 +147,7 @@ if os.path.exists(side_path):
             runs.setdefault(name, {}).setdefault(label, []).append(per_second(*rate))
     print(f"""Side by side with commit {revs.get('base', '?')} (the previous session's code), its bench built
 from that commit and run alternately with this one's in the same session (`P1_BASE={revs.get('base', '?')}
-scripts/benchmarks.sh`), two runs each:
+scripts/benchmarks.sh`), three runs each:
 
 | benchmark | {revs.get('base', 'base')} (M/s) | {revs.get('this', 'this')} (M/s) | this / base |
 |---|---|---|---|""")
