@@ -9,8 +9,8 @@
 //! codec`, `md5_trailers`). The pipeline seals the aggregates of a PutRecords call together,
 //! just before it is sent.
 //!
-//! Messages of different lengths run side by side for the blocks they all have; each then
-//! finishes alone. Written from RFC 1321 and checked against `md-5` (unit and property tests).
+//! Messages of different lengths run side by side while two or more still have blocks; the
+//! longest finishes alone. Written from RFC 1321 and checked against `md-5` (unit and property tests).
 
 use std::ops::{BitAnd, BitOr, BitXor, Not};
 
@@ -181,7 +181,7 @@ fn compress<W: Word>(state: &mut [W; 4], m: [W; 16]) {
     }
 }
 
-/// One message's block `i` compressed into `state`.
+/// One message's `block` compressed into `state`.
 fn compress_one(state: &mut [u32; 4], block: &[u8; 64]) {
     compress(state, std::array::from_fn(|j| word(block, j)));
 }
@@ -259,26 +259,24 @@ pub fn md5_lanes(messages: [&[u8]; LANES]) -> [[u8; MD5_LEN]; LANES] {
             std::array::from_fn(|lane| blocks[lane].block(i)),
         );
     }
-    for i in common..second_longest {
+    // A lane's state is taken when its message has no block left: at the top of step `i`.
+    for i in common..=second_longest {
         for (lane, b) in blocks.iter().enumerate() {
             if b.total == i {
                 ended[lane] = Some(lane_state(&state, lane));
             }
+        }
+        if i == second_longest {
+            break;
         }
         compress_lanes(
             &mut state,
             std::array::from_fn(|lane| blocks[lane].block(i.min(blocks[lane].total - 1))),
         );
     }
-    let i = second_longest.max(common);
-    for (lane, b) in blocks.iter().enumerate() {
-        if b.total == i && ended[lane].is_none() {
-            ended[lane] = Some(lane_state(&state, lane));
-        }
-    }
     std::array::from_fn(|lane| match ended[lane] {
         Some(done) => digest_of(done),
-        None => finish_one(lane_state(&state, lane), &blocks[lane], i),
+        None => finish_one(lane_state(&state, lane), &blocks[lane], second_longest),
     })
 }
 
@@ -298,7 +296,7 @@ pub fn md5_each(messages: &[&[u8]], mut each: impl FnMut(usize, [u8; MD5_LEN])) 
     let mut groups = messages.chunks(LANES);
     let mut at = 0;
     for group in groups.by_ref() {
-        if group.len() < MIN_SIDE_BY_SIDE.min(LANES) {
+        if group.len() < MIN_SIDE_BY_SIDE {
             for message in group {
                 each(at, md5(message));
                 at += 1;

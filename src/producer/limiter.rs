@@ -386,24 +386,13 @@ mod tests {
         admitted
     }
 
-    fn most_in_a_second(admitted: &[Instant]) -> usize {
+    /// Most admissions within any `span`.
+    fn most_within(admitted: &[Instant], span: Duration) -> usize {
         (0..admitted.len())
             .map(|i| {
                 admitted[i..]
                     .iter()
-                    .take_while(|u| **u < admitted[i] + WINDOW)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn most_in_service_second(admitted: &[Instant]) -> usize {
-        (0..admitted.len())
-            .map(|i| {
-                admitted[i..]
-                    .iter()
-                    .take_while(|u| **u < admitted[i] + SERVICE_WINDOW + GUARD / 2)
+                    .take_while(|u| **u < admitted[i] + span)
                     .count()
             })
             .max()
@@ -415,9 +404,9 @@ mod tests {
         // A token bucket alone let a second hold its rate plus the bucket: 5 % over 1 MiB.
         let steady = aggregates(false);
         assert!(
-            (most_in_a_second(&steady) * 51_200) as f64 <= 0.97 * MIB,
+            (most_within(&steady, WINDOW) * 51_200) as f64 <= 0.97 * MIB,
             "{}",
-            most_in_a_second(&steady)
+            most_within(&steady, WINDOW)
         );
         // 19 whole aggregates fit 97 % of a MiB: the rest is lost to their size...
         let windows = 20.0 / WINDOW.as_secs_f64();
@@ -433,10 +422,10 @@ mod tests {
         }
         // ...and won back by probing up to the limit, where 20 fit.
         let probing = aggregates(true);
-        assert!((most_in_a_second(&probing) * 51_200) as f64 <= MIB);
+        assert!((most_within(&probing, WINDOW) * 51_200) as f64 <= MIB);
         let rate = (probing.len() * 51_200) as f64 / 20.0 / MIB;
         assert!(rate > 0.94, "{rate}");
-        assert!(most_in_service_second(&probing) <= 20);
+        assert!(most_within(&probing, SERVICE_WINDOW + GUARD / 2) <= 20);
     }
 
     #[test]
