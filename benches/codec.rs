@@ -67,7 +67,7 @@ fn encode(records: &[UserRecord], hash: impl FnMut(&UserRecord) -> HashKey) -> V
 }
 
 /// [`encode`], with the MD5 trailers written as the pipeline writes them: every aggregate
-/// finished without its trailer, then all sealed together, four side by side.
+/// finished without its trailer, then all sealed together, eight side by side.
 fn encode_sealed_together(
     records: &[UserRecord],
     hash: impl FnMut(&UserRecord) -> HashKey,
