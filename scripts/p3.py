@@ -263,7 +263,7 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=(), bench_args=(
 def run_aggregator(n, seed):
     """aws-kinesis-agg's RecordAggregator over n records like the others', each full aggregate
     serialized (get_contents: protobuf + MD5 trailer), in process. Aggregates are capped at
-    51200 bytes, the KPL's (and kpl's) default aggregation_max_size, not the library's 1 MiB."""
+    51200 bytes, the KPL's default aggregation_max_size (kpl's is 52172), not the library's 1 MiB."""
     from aws_kinesis_agg.aggregator import RecordAggregator
 
     rng = random.Random(seed)

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use kpl::client::memory::{MemoryKinesis, Plan, StoredRecord};
 use kpl::client::{ApiError, ShardInfo};
 use kpl::codec::deaggregate::Deaggregator;
+use kpl::producer::config::DEFAULT_AGGREGATION_MAX_SIZE_BYTES;
 use kpl::producer::{
     FailureReason, Producer, ProducerConfig, Receipt, RecordFailure, RecordFuture, SendErrorReason,
 };
@@ -141,7 +142,7 @@ async fn limits_of_aggregates_and_calls_hold() {
     p.shutdown().await;
     for s in fake.stored() {
         assert!(
-            s.data.len() <= 51_200,
+            s.data.len() <= DEFAULT_AGGREGATION_MAX_SIZE_BYTES,
             "aggregate of {} bytes",
             s.data.len()
         );

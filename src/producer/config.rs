@@ -6,12 +6,18 @@ use std::time::Duration;
 use crate::codec::frame::Dictionary;
 use crate::limits::{
     LARGEST_MAX_RECORD_BYTES, MAX_PARTITION_KEY_CHARS, MAX_PUT_RECORDS_BYTES,
-    MAX_PUT_RECORDS_ENTRIES,
+    MAX_PUT_RECORDS_ENTRIES, SHARD_WRITE_BYTES_PER_SEC,
 };
 use crate::producer::backoff::BackoffConfig;
 
-/// KPL `AggregationMaxSize`: the largest aggregate, in encoded bytes.
-pub const DEFAULT_AGGREGATION_MAX_SIZE_BYTES: usize = 51_200;
+/// KPL `AggregationMaxSize`: the largest aggregate, in encoded bytes. 52 172: a twentieth of a
+/// shard's 1 MiB/s less room for a 256-byte partition key, so a backlogged shard's second holds
+/// exactly 20 full aggregates (the service counts key + data). The KPL's 51 200 fits 20 too and
+/// leaves 2.3 % of every such second unused; 1 MiB / 20 with the key on top would fit only 19.
+pub const DEFAULT_AGGREGATION_MAX_SIZE_BYTES: usize =
+    SHARD_WRITE_BYTES_PER_SEC as usize / AGGREGATES_PER_SHARD_SECOND - MAX_PARTITION_KEY_CHARS;
+/// Full default-size aggregates one shard takes per second.
+const AGGREGATES_PER_SHARD_SECOND: usize = 20;
 /// KPL `AggregationMaxCount`: no practical limit on user records per aggregate.
 pub const DEFAULT_AGGREGATION_MAX_COUNT: usize = u32::MAX as usize;
 /// KPL `CollectionMaxCount`: entries per PutRecords call.
@@ -62,12 +68,15 @@ pub enum Compression {
 }
 
 /// Everything a [`Producer`](crate::producer::Producer) can be told. `Default` gives the KPL's
-/// defaults; [`validate`](ProducerConfig::validate) is called by the producer.
+/// defaults, but a slightly larger aggregate (see [`DEFAULT_AGGREGATION_MAX_SIZE_BYTES`]);
+/// [`validate`](ProducerConfig::validate) is called by the producer.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
     /// Pack many user records into one Kinesis record (KPL aggregation). Default on.
     pub aggregation_enabled: bool,
-    /// Largest encoded aggregate in bytes. Default 51 200.
+    /// Largest encoded aggregate in bytes (data; the service adds the partition key). Default
+    /// 52 172, so that 20 full aggregates fill a shard's second
+    /// ([`DEFAULT_AGGREGATION_MAX_SIZE_BYTES`]).
     pub aggregation_max_size: usize,
     /// Most user records in one aggregate. Default unlimited.
     pub aggregation_max_count: usize,
@@ -280,7 +289,10 @@ mod tests {
     fn defaults_are_valid_and_kpl_compatible() {
         let c = ProducerConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.aggregation_max_size, 51_200);
+        assert_eq!(c.aggregation_max_size, 52_172);
+        // 20 full aggregates, each with the longest partition key, fit one shard second.
+        assert!(20 * (c.aggregation_max_size + 256) <= 1024 * 1024);
+        assert!(21 * c.aggregation_max_size > 1024 * 1024);
         assert_eq!(c.collection_max_count, 500);
         assert_eq!(c.collection_max_size, 5 * 1024 * 1024);
         assert_eq!(c.record_max_buffered_time, Duration::from_millis(100));

@@ -52,8 +52,8 @@ pub struct ProducerArgs {
     /// Send every line as its own Kinesis record (no KPL aggregation).
     #[arg(long)]
     pub no_aggregation: bool,
-    /// Largest aggregate in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 51_200)]
+    /// Largest aggregate in bytes (20 of the default fill a shard's second).
+    #[arg(long, value_name = "BYTES", default_value_t = kpl::producer::config::DEFAULT_AGGREGATION_MAX_SIZE_BYTES)]
     pub aggregation_max_size: usize,
     /// Compress Kinesis records: none, zstd, or zstd:LEVEL (only kpl readers decode it).
     #[arg(long, default_value = "none", value_parser = parse_compression)]
