@@ -50,6 +50,9 @@ p2 p2-64 --shards 64 --keys 100000 --max-outstanding-records 320000
 # 1 000-byte records (a tenth of the records for the same bytes).
 p2 p2-64-batch --shards 64 --keys 100000 --max-outstanding-records 320000 --send-batch 64
 p2 p2-64-1k --shards 64 --keys 100000 --record-size 1000 --max-outstanding-records 64000
+# Side by side: the KPL's aggregate size against kpl's default, same build, same run.
+p2 p2-8-kpl-size --shards 8 --keys 100000 --max-outstanding-records 40000 --aggregation-max-size 51200
+p2 p2-64-batch-kpl-size --shards 64 --keys 100000 --max-outstanding-records 320000 --send-batch 64 --aggregation-max-size 51200
 run p4-zstd --shards 4 --payload json-logs --record-size 200-300 --compression zstd
 run p4-plain --shards 4 --payload json-logs --record-size 200-300
 run p5-half --shards 4 --rate 20000 --record-size 100

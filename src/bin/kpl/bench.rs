@@ -120,10 +120,35 @@ fn parse_dist(s: &str) -> Result<KeyDist, String> {
     }
 }
 
+/// The name of key `k`: `key-000042`. Written afresh for every record, as an application builds
+/// its keys from the data at hand (and as scripts/p3.py's aiokpl load does); a pool of 100 000
+/// ready-made keys was a cache miss per record in the load, taking CPU from the producer.
+fn key_name(k: usize) -> String {
+    let mut digits = [b'0'; 20];
+    let mut rest = k;
+    let mut first = digits.len();
+    loop {
+        first -= 1;
+        digits[first] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut key = String::with_capacity(10.max(4 + digits.len() - first));
+    key.push_str("key-");
+    key.extend(
+        digits[first.min(digits.len() - 6)..]
+            .iter()
+            .map(|&d| char::from(d)),
+    );
+    key
+}
+
 /// Draws keys and payloads.
 struct Load {
     rng: SmallRng,
-    keys: Vec<String>,
+    keys: usize,
     zipf_cdf: Option<Vec<f64>>,
     size: (usize, usize),
     json: bool,
@@ -147,9 +172,7 @@ impl Load {
         });
         Load {
             rng: SmallRng::seed_from_u64(args.seed),
-            keys: (0..args.keys.max(1))
-                .map(|k| format!("key-{k:06}"))
-                .collect(),
+            keys: args.keys.max(1),
             zipf_cdf,
             size: args.record_size,
             json: args.payload == "json-logs",
@@ -164,7 +187,7 @@ impl Load {
                 let u: f64 = self.rng.random();
                 cdf.partition_point(|c| *c < u).min(cdf.len() - 1)
             }
-            None => self.rng.random_range(0..self.keys.len()),
+            None => self.rng.random_range(0..self.keys),
         };
         let size = self.rng.random_range(self.size.0..=self.size.1);
         let data = if self.json {
@@ -174,7 +197,7 @@ impl Load {
             self.rng.fill_bytes(&mut data);
             data
         };
-        UserRecord::new(self.keys[k].clone(), data)
+        UserRecord::new(key_name(k), data)
     }
 
     fn json_line(&mut self, k: usize, size: usize) -> Vec<u8> {
@@ -200,7 +223,7 @@ impl Load {
             } else {
                 "info"
             },
-            self.keys[k],
+            key_name(k),
             PATHS[r.random_range(0..PATHS.len())],
             r.random_range(1..5000),
             if r.random_ratio(1, 30) { 500 } else { 200 },
@@ -746,4 +769,16 @@ fn plot(samples: &[Sample], end: &MetricsSnapshot, shards: usize, duration: Dura
     );
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_name;
+
+    #[test]
+    fn key_names_are_the_six_digit_names_p3_gives_aiokpl() {
+        for k in [0, 7, 42, 999_999, 1_000_000, 12_345_678, usize::MAX] {
+            assert_eq!(key_name(k), format!("key-{k:06}"));
+        }
+    }
 }
