@@ -104,13 +104,16 @@ async fn the_byte_limit_counts_partition_key_plus_data_as_aws_does() {
     let mut ok = 0;
     for call in 0..2 {
         let batch: Vec<_> = (call * 60..call * 60 + 60).map(entry).collect();
-        ok += c
-            .put_records(&stream(), batch)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| matches!(r, PutRecordsResultEntry::Stored { .. }))
-            .count();
+        for r in c.put_records(&stream(), batch).await.unwrap() {
+            match r {
+                PutRecordsResultEntry::Stored { .. } => ok += 1,
+                // Said as a limit, not as an injected fault.
+                PutRecordsResultEntry::Failed { code, message } => {
+                    assert_eq!(code, "ProvisionedThroughputExceededException");
+                    assert!(message.starts_with("Rate exceeded for shard"), "{message}");
+                }
+            }
+        }
     }
     assert_eq!(ok, 104);
     assert_eq!(sim.stats().limit_throttled, 16);

@@ -81,9 +81,16 @@ async fn get_stats(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn error_response(fault: &RequestFault) -> Response {
-    let body =
-        json!({"__type": fault.code, "message": format!("{} injected by kpl sim", fault.code)});
-    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_answer(
+        &fault.code,
+        &format!("{} injected by kpl sim", fault.code),
+        fault.status,
+    )
+}
+
+fn error_answer(code: &str, message: &str, status: u16) -> Response {
+    let body = json!({"__type": code, "message": message});
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
 
@@ -213,11 +220,7 @@ async fn put_entries(
             .pop()
             .flatten();
         return match fate {
-            Some(code) => error_response(&RequestFault {
-                code,
-                status: 400,
-                probability: 1.0,
-            }),
+            Some(failure) => error_answer(&failure.code, &failure.message, 400),
             None => next.run(rebuild(bytes)).await,
         };
     }
@@ -263,9 +266,9 @@ async fn put_entries(
     let records: Vec<Value> = fates
         .into_iter()
         .map(|fate| match fate {
-            Some(code) => {
+            Some(failure) => {
                 failed += 1;
-                json!({"ErrorCode": code, "ErrorMessage": format!("{code} injected by kpl sim")})
+                json!({"ErrorCode": failure.code, "ErrorMessage": failure.message})
             }
             None => stored.next().unwrap_or(Value::Null),
         })
@@ -307,12 +310,21 @@ async fn entry_fates(
     how: Fates,
     stream: Option<&str>,
     entries: &[Value],
-) -> Vec<Option<String>> {
+) -> Vec<Option<EntryFailure>> {
     if how.count {
         shared.lock().stats.entries_seen += entries.len() as u64;
     }
-    let mut fates = if how.inject {
-        shared.lock().decide_entries(entries.len())
+    let mut fates: Vec<Option<EntryFailure>> = if how.inject {
+        let codes = shared.lock().decide_entries(entries.len());
+        codes
+            .into_iter()
+            .map(|code| {
+                code.map(|code| EntryFailure {
+                    message: format!("{code} injected by kpl sim"),
+                    code,
+                })
+            })
+            .collect()
     } else {
         vec![None; entries.len()]
     };
@@ -326,13 +338,20 @@ async fn entry_fates(
     fates
 }
 
+/// Why an entry was not stored: a fault drawn, or a shard limit.
+#[derive(Clone)]
+struct EntryFailure {
+    code: String,
+    message: String,
+}
+
 /// Charges each entry not failed yet to its shard's window; those over the limit fail with
 /// `ProvisionedThroughputExceededException`.
 async fn apply_limits(
     shared: &Shared,
     stream: &str,
     entries: &[Value],
-    fates: &mut [Option<String>],
+    fates: &mut [Option<EntryFailure>],
 ) {
     let Some(limits) = &shared.limits else {
         return;
@@ -351,7 +370,14 @@ async fn apply_limits(
             if let Some(c) = charge(entry, &shards)
                 && !limits.admit(stream, &c.shard, c.bytes, now)
             {
-                *fate = Some("ProvisionedThroughputExceededException".to_owned());
+                *fate = Some(EntryFailure {
+                    code: "ProvisionedThroughputExceededException".to_owned(),
+                    message: format!(
+                        "Rate exceeded for shard {} in stream {stream} (kpl sim: the shard's \
+                         1 MiB or 1000 records of writes in this second are used)",
+                        c.shard
+                    ),
+                });
                 throttled += 1;
             }
         }
