@@ -22,13 +22,16 @@
 //! nothing is throttled, creeps up (1 % of the limit per second) to the published limit, never
 //! above it: Kinesis enforces it, so planning above it only buys throttling (a `rate_limit`
 //! above 100 %, such as the KPL's default 150 %, is accepted and means "up to the limit").
-//! When the service throttles the shard anyway, the rate is cut, at most once a second: back
-//! to 97 % if it was above (the probe overshot); at or under 97 %, a lone throttled second is
-//! taken for timing (network delays moved writes into one of the service's seconds) and
-//! changes nothing, while throttling again within 2.5 s means another writer shares the shard:
-//! the rate drops to 85 % of what it was, never below 10 %. It grows back quickly (10 % of the
-//! limit per second) up to 90 % of the rate that was throttled, then slowly: AIMD, as TCP
-//! does, so several producers on one shard share it.
+//! When the service throttles the shard anyway, the rate is cut, at most once a second.
+//! Throttling again within 2.5 s, with a tenth or more of the last second's writes throttled,
+//! means another writer shares the shard: the rate drops to 85 % of what it was, never below
+//! 10 %, at any level. Otherwise the throttle is taken for timing (delays on the way moved
+//! writes into one of the service's seconds) or a probe that overshot: back to 97 % if the rate
+//! was above, no change at or under it. It grows back quickly (10 % of the limit per second) up
+//! to 90 % of the rate that was throttled, then slowly: AIMD, as TCP does, so several producers
+//! on one shard share it (tests/shared_shard.rs). The cut applies above 97 % too: the rate
+//! creeps above it within the second between two cuts, and when a repeated throttle there only
+//! returned it to 97 %, two producers on one shard had half of their writes throttled.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -59,10 +62,15 @@ const SLOW_INCREASE_PER_SEC: f64 = 0.01;
 const FAST_UNTIL: f64 = 0.9;
 /// Throttles closer together than this count once (the service's window).
 const DECREASE_INTERVAL: Duration = Duration::from_secs(1);
-/// A throttle at or under the safe share this soon after the previous one means another writer
-/// shares the shard; an isolated one is timing (delays moved writes between the service's
-/// seconds) and changes nothing.
+/// A throttle this soon after the previous one, with at least `HEAVY_SHARE` of the last
+/// second's writes throttled, means another writer shares the shard; an isolated or a light one
+/// is timing (delays moved writes between the service's seconds) and at or under the safe
+/// share changes nothing.
 const PERSISTENT_WITHIN: Duration = Duration::from_millis(2_500);
+/// See `PERSISTENT_WITHIN`: a tenth of the shard's writes of the last second. Timing throttles
+/// one write now and then (one aggregate of a second's 20); a writer that shares the shard
+/// throttles about its part of it.
+const HEAVY_SHARE: f64 = 0.1;
 /// The service's accounting period...
 const SERVICE_WINDOW: Duration = Duration::from_secs(1);
 /// ...and the window the limiter keeps within the rate: longer by a guard, so the write that
@@ -201,6 +209,8 @@ pub struct ShardLimiter {
     throttled_at: f64,
     last_decrease: Option<Instant>,
     last_increase: Instant,
+    /// When this shard's entries were throttled in the last service second, oldest first.
+    throttles: VecDeque<Instant>,
 }
 
 impl ShardLimiter {
@@ -219,6 +229,7 @@ impl ShardLimiter {
             throttled_at: share,
             last_decrease: None,
             last_increase: now,
+            throttles: VecDeque::new(),
         }
     }
 
@@ -259,6 +270,14 @@ impl ShardLimiter {
 
     /// The service throttled this shard: slow down.
     pub fn on_throttled(&mut self, now: Instant) {
+        self.throttles.push_back(now);
+        while self
+            .throttles
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= SERVICE_WINDOW)
+        {
+            self.throttles.pop_front();
+        }
         if self
             .last_decrease
             .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_INTERVAL)
@@ -269,17 +288,23 @@ impl ShardLimiter {
             .last_decrease
             .is_some_and(|t| now.saturating_duration_since(t) < PERSISTENT_WITHIN);
         self.last_decrease = Some(now);
+        // Of what went to the shard in the last second, the part throttled: a writer sharing
+        // the shard throttles much of it, timing one write here and there.
+        self.window.expire(now);
+        let sent = self.window.log.len().max(self.throttles.len()).max(1);
+        let heavy = self.throttles.len() as f64 >= HEAVY_SHARE * sent as f64;
         let safe = SAFE_SHARE.min(self.ceiling);
-        if self.share <= safe && !persistent {
+        let shared = persistent && heavy;
+        if self.share <= safe && !shared {
             return;
         }
         self.records.refill(self.share, now);
         self.bytes.refill(self.share, now);
         self.throttled_at = self.share;
-        self.share = if self.share > safe {
-            safe
-        } else {
+        self.share = if shared {
             (self.share * DECREASE).max(MIN_SHARE)
+        } else {
+            safe
         };
         self.last_increase = now;
         self.records.tokens = self.records.tokens.min(self.records.capacity(self.share));
@@ -476,6 +501,41 @@ mod tests {
             (l.rates().0 - 100.0).abs() < 1e-6,
             "floored at 10 % of the shard"
         );
+    }
+
+    /// Probed up to the limit, then three seconds of 20 writes a second, the first `throttled`
+    /// of each second throttled and the rest stored: the share after.
+    fn share_after(throttled: u64) -> f64 {
+        let start = Instant::now();
+        let mut l = ShardLimiter::new(&LimiterConfig::default(), start);
+        for s in 1..=3 {
+            l.on_success(1, start + Duration::from_secs(s));
+        }
+        assert_eq!(l.share, 1.0);
+        let base = start + Duration::from_secs(3);
+        for second in 0..3 {
+            for i in 0..20 {
+                let t = base + Duration::from_millis(1_000 * second + 50 * i);
+                assert!(l.try_take(1_000, t));
+                if i < throttled {
+                    l.on_throttled(t);
+                } else {
+                    l.on_success(1, t);
+                }
+            }
+        }
+        l.share
+    }
+
+    #[test]
+    fn repeated_heavy_throttles_cut_even_above_the_safe_share_light_ones_do_not() {
+        // Half of every second throttled: another writer. The share ends far under 97 % (it
+        // stayed at 97-98 % when a throttle above 97 % only ever returned it there).
+        let shared = share_after(10);
+        assert!(shared < 0.9, "{shared}");
+        // One write of 20 a second: timing. Back to 97 %, no further.
+        let timing = share_after(1);
+        assert!((0.96..=0.99).contains(&timing), "{timing}");
     }
 
     #[test]
