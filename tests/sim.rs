@@ -414,6 +414,17 @@ async fn a_sim_that_discards_data_stores_keys_and_counts_limits_and_sizes_on_the
         throttled > 0,
         "1.05 MB in a burst must exceed 1 MiB/s: {ok} stored"
     );
+    // The shard's second is used up; a record over 1 MiB is still refused for its size, as the
+    // service refuses it, not throttled.
+    let oversize = c
+        .put_records(&stream(), entries(8_000, 1, 1024 * 1024 + 10))
+        .await
+        .expect_err("an oversize record must be refused");
+    assert_eq!(
+        oversize.code.as_deref(),
+        Some("ValidationException"),
+        "{oversize:?}"
+    );
     let stored = common::read_all(sim.client(), S).await;
     assert_eq!(stored.len(), ok, "every stored entry reads back");
     assert!(

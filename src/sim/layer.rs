@@ -213,6 +213,16 @@ async fn put_entries(
     let Some(mut body) = parsed else {
         return next.run(rebuild(bytes)).await;
     };
+    // A request the store refuses whole (a record over the size limit, a call over 5 MiB) gets
+    // its ValidationException from the store, as the service answers it before any shard
+    // counts a byte: no entry of it is throttled or failed here.
+    let whole = match body.get("Records").and_then(Value::as_array) {
+        Some(entries) if batch => within_store_limits(entries),
+        _ => batch || within_store_limits(std::slice::from_ref(&body)),
+    };
+    if !whole {
+        return next.run(rebuild(bytes)).await;
+    }
     let stream = stream_of(&body).map(str::to_owned);
     if !batch {
         let fate = entry_fates(shared, how, stream.as_deref(), std::slice::from_ref(&body))
@@ -229,7 +239,7 @@ async fn put_entries(
         None => return next.run(rebuild(bytes)).await,
     };
     let fates = entry_fates(shared, how, stream.as_deref(), &entries).await;
-    let discard = shared.discard_data && within_store_limits(&entries);
+    let discard = shared.discard_data;
     if fates.iter().all(Option::is_none) && !discard {
         return next.run(rebuild(bytes)).await;
     }
