@@ -106,8 +106,6 @@ pub(crate) struct RouteCache {
     capacity: usize,
     /// Keys that missed since the cache was last full.
     misses_while_full: usize,
-    /// Empty the cache before the next record.
-    start_over: bool,
 }
 
 impl RouteCache {
@@ -117,36 +115,37 @@ impl RouteCache {
             routes: FxHashbrownMap::default(),
             capacity,
             misses_while_full: 0,
-            start_over: false,
         }
     }
 
     /// The route of a record keyed by `partition_key` under `map`: one probe for a key the
     /// cache holds.
     pub fn route<'a>(&'a mut self, map: &ShardMap, partition_key: &str) -> RecordRoute<'a> {
-        if self.start_over {
+        let key = partition_key.as_bytes();
+        // The miss that makes as many as the cache holds: it starts over, with this key. The
+        // table is emptied first: inserting into a full one would double it, and clearing keeps
+        // the doubled table for good. (Only this one record per round costs a second probe.)
+        if self.routes.len() >= self.capacity
+            && self.misses_while_full + 1 >= self.capacity
+            && !self.routes.contains_key(key)
+        {
             self.routes.clear();
-            self.start_over = false;
             self.misses_while_full = 0;
         }
         let version = map.version();
         let full = self.routes.len() >= self.capacity;
-        let route = match self.routes.entry_ref(partition_key.as_bytes()) {
+        let route = match self.routes.entry_ref(key) {
             EntryRef::Occupied(entry) => entry.into_mut(),
             EntryRef::Vacant(entry) => {
                 let hash = HashKey::of_partition_key(partition_key);
                 let shard_index = map.index_of(hash);
                 if full {
                     self.misses_while_full += 1;
-                    if self.misses_while_full < self.capacity {
-                        return RecordRoute {
-                            hash,
-                            shard_index,
-                            seen: None,
-                        };
-                    }
-                    // Kept, and emptied before the next record (the entry borrows the map now).
-                    self.start_over = true;
+                    return RecordRoute {
+                        hash,
+                        shard_index,
+                        seen: None,
+                    };
                 }
                 entry.insert(Route {
                     hash,
@@ -211,6 +210,11 @@ mod tests {
         assert_eq!(cache.len(), DEFAULT_ROUTE_CACHE_KEYS);
         // One more key would have doubled the table to 2^18 buckets.
         assert_eq!(cache.table_capacity(), DEFAULT_ROUTE_CACHE_KEYS);
+        // Nor does starting over, after as many misses as it holds: it refills the same table.
+        for k in 0..2 * DEFAULT_ROUTE_CACHE_KEYS {
+            cache.route(&map, &format!("other-{k}"));
+        }
+        assert_eq!(cache.table_capacity(), DEFAULT_ROUTE_CACHE_KEYS);
     }
 
     #[test]
@@ -254,10 +258,11 @@ mod tests {
         }
         // ...and the kept keys still hit.
         assert!(cache.route(&map, "kept-0").seen.is_some());
-        // The fourth miss since it filled: the cache starts over (the next record finds it
-        // empty).
+        // The fourth miss since it filled: the cache starts over, holding just that key; the
+        // kept keys are new to it.
         assert!(cache.route(&map, "other-3").seen.is_some());
-        assert!(cache.route(&map, "kept-1").seen.is_some());
         assert_eq!(cache.len(), 1);
+        assert!(cache.route(&map, "kept-1").seen.is_some());
+        assert_eq!(cache.len(), 2);
     }
 }
