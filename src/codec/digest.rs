@@ -293,9 +293,8 @@ const MIN_SIDE_BY_SIDE: usize = 3;
 /// Calls `each(i, digest)` with the MD5 of `messages[i]`, for every message: [`LANES`] at a
 /// time, the last few one by one.
 pub fn md5_each(messages: &[&[u8]], mut each: impl FnMut(usize, [u8; MD5_LEN])) {
-    let mut groups = messages.chunks(LANES);
     let mut at = 0;
-    for group in groups.by_ref() {
+    for group in messages.chunks(LANES) {
         if group.len() < MIN_SIDE_BY_SIDE {
             for message in group {
                 each(at, md5(message));

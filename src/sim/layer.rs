@@ -81,11 +81,12 @@ async fn get_stats(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn error_response(fault: &RequestFault) -> Response {
-    error_answer(
-        &fault.code,
-        &format!("{} injected by kpl sim", fault.code),
-        fault.status,
-    )
+    error_answer(&fault.code, &injected(&fault.code), fault.status)
+}
+
+/// The message of a failure the fault layer drew.
+fn injected(code: &str) -> String {
+    format!("{code} injected by kpl sim")
 }
 
 fn error_answer(code: &str, message: &str, status: u16) -> Response {
@@ -216,11 +217,15 @@ async fn put_entries(
     // A request the store refuses whole (a record over the size limit, a call over 5 MiB) gets
     // its ValidationException from the store, as the service answers it before any shard
     // counts a byte: no entry of it is throttled or failed here.
-    let whole = match body.get("Records").and_then(Value::as_array) {
-        Some(entries) if batch => within_store_limits(entries),
-        _ => batch || within_store_limits(std::slice::from_ref(&body)),
+    let within = if batch {
+        // (No `Records` list: the store answers that too, below.)
+        body.get("Records")
+            .and_then(Value::as_array)
+            .is_none_or(|entries| within_store_limits(entries))
+    } else {
+        within_store_limits(std::slice::from_ref(&body))
     };
-    if !whole {
+    if !within {
         return next.run(rebuild(bytes)).await;
     }
     let stream = stream_of(&body).map(str::to_owned);
@@ -330,7 +335,7 @@ async fn entry_fates(
             .into_iter()
             .map(|code| {
                 code.map(|code| EntryFailure {
-                    message: format!("{code} injected by kpl sim"),
+                    message: injected(&code),
                     code,
                 })
             })
