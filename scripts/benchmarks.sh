@@ -13,6 +13,7 @@ secs=${KPL_BENCH_SECONDS:-20}
 out=target/bench-results
 mkdir -p "$out"
 cargo build --release --quiet
+cargo build --release --quiet --example sdk_call_cost
 # A copy: building P1_BASE's bench in the same target dir may replace target/release/kpl.
 cp target/release/kpl "$out/kpl-this"
 cargo bench --bench codec 2>&1 | tee "$out/codec.txt" >/dev/null

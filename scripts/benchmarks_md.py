@@ -268,6 +268,12 @@ threads), from its first record to its last acknowledgement.
 | producer | user records | user records/s | user records per Kinesis record | CPU s | CPU s per million user records | aiokpl / this |
 |---|---|---|---|---|---|---|""")
 k1 = p3["kpl_same_rate_one_thread"]
+sdk = p3["sdk_calls_alone"]
+budget = a["cpu_seconds_per_million_user_records"] / 100
+rest_now = k1["cpu_seconds_per_million_user_records"] - sdk["cpu_seconds_per_million_user_records"]
+rest_room = budget - sdk["cpu_seconds_per_million_user_records"]
+rest_cut = (f" as well as a {rest_now / rest_room:.1f}x cut in the rest" if rest_room > 0
+            else ": the SDK's calls alone are over the budget")
 kb = p3["kpl_same_rate_batches"]
 rows = (("aiokpl " + v["aiokpl"], a), ("kpl, offered aiokpl's rate", ks),
         ("kpl --threads 1, offered aiokpl's rate", k1),
@@ -292,9 +298,21 @@ each stage touches it: profiled, kpl's per-record work (hash-key cache, aggregat
 several times what it costs in the criterion benchmark, where it stays hot. aiokpl kept {pct(a["cpu_seconds"] / a["elapsed_seconds"])} of a core busy; its whole process,
 interpreter start and imports included, spent {a["process_cpu_seconds_per_million_user_records"]:.0f} CPU s per million. kinesalite
 spent {a["kinesalite_cpu_seconds"]:.2f} / {ks["kinesalite_cpu_seconds"]:.2f} / {k1["kinesalite_cpu_seconds"]:.2f} / {kb["kinesalite_cpu_seconds"]:.2f} / {kc["kinesalite_cpu_seconds"]:.2f} CPU s serving the five runs.
-aiokpl's own speed moves from run to run of this script on this VM (the previous recorded run:
-3 636 records/s at 275 CPU s per million; kpl at that rate 11.1), and the ratios with it: read
-them with the aiokpl row beside them.
+aiokpl's own speed moves from run to run of this script on this VM (the previous recorded runs:
+3 636 records/s at 275 CPU s per million, kpl at that rate 11.1; 2 814 at 351, kpl 11.7), and
+the ratios with it: read them with the aiokpl row beside them.
+
+Where kpl's CPU goes at aiokpl's rate: the AWS SDK's PutRecords calls alone
+(`examples/sdk_call_cost.rs`: one thread, no producer, paced at the `--threads 1` run's
+{sdk["calls_per_second"]:.1f} calls/s with its {sdk["entries_per_call"]} entries of {sdk["entry_bytes"]} bytes per call) cost
+**{sdk["cpu_us_per_call"]:.0f} us of CPU per call**: {sdk["cpu_seconds_per_million_user_records"]:.2f} CPU s per million of that run's user records
+({sdk["user_records_per_call_of_kpl_run"]:.0f} per call), {pct(sdk["cpu_seconds_per_million_user_records"] / k1["cpu_seconds_per_million_user_records"])} of its {k1["cpu_seconds_per_million_user_records"]:.2f}, and {pct(sdk["cpu_seconds_per_million_user_records"] / budget)} of the
+{budget:.2f} that 100x needs (aiokpl's {a["cpu_seconds_per_million_user_records"]:.0f} / 100). That leaves {max(budget - sdk["cpu_seconds_per_million_user_records"], 0):.2f} CPU s per
+million for everything else (the load, the pipeline, the receipts, the runtime's wake-ups)
+against the {k1["cpu_seconds_per_million_user_records"] - sdk["cpu_seconds_per_million_user_records"]:.2f} they take now; hot, in P1, the pipeline alone takes about
+{1 / max(batched, 1e-9):.2f}. The calls cannot be fewer at this rate without buffering records longer than
+100 ms (each call already carries every shard's aggregate). 100x at aiokpl's rate would take a
+PutRecords client several times cheaper per call than aws-sdk-kinesis{rest_cut}.
 
 Aggregation alone, no network, one core: aws-kinesis-agg {v["aws-kinesis-agg"]}'s `RecordAggregator`
 (protobuf {v["protobuf"]}) packs {agg_rate:,.0f} user records per CPU second into {g["max_aggregate_bytes"]}-byte

@@ -15,6 +15,9 @@ streams of the same shard count, with the same load (100-byte random records, 10
           back and deaggregated: the count and a checksum of (key, data) must match what was put.
   kpl     `kpl bench --endpoint-url` twice, default producer settings: at aiokpl's achieved
           rate (the same offered load) and closed loop; both read back and counted.
+  sdk     examples/sdk_call_cost.rs: the AWS SDK's PutRecords calls alone, on one thread, at the
+          call rate and shape (entries per call, bytes per entry) of kpl's one-thread run: the
+          client's share of kpl's CPU at that rate.
   agg     aws_kinesis_agg.aggregator.RecordAggregator over records of the same shape, in
           process, no network: user records/s and CPU seconds per million.
 
@@ -248,6 +251,9 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=(), bench_args=(
         "duration_seconds": r["duration_seconds"],
         "user_records_put": r["user_records_put"],
         "user_records_failed": r["user_records_failed"],
+        "put_records_calls": r["put_records_calls"],
+        "kinesis_records_put": r["kinesis_records_put"],
+        "kinesis_bytes_put": r["kinesis_bytes_put"],
         "retries": r["retries"],
         "throttled_entries": r["throttled_entries"],
         "user_records_per_second": r["during_load"]["user_records_per_second"],
@@ -258,6 +264,33 @@ def run_kpl(server, api, kpl, stream, seconds, rate=None, extra=(), bench_args=(
         "kinesalite_cpu_seconds": node,
         "read_back": {"kinesis_records": kinesis, "user_records": users},
     }
+
+
+def run_sdk_calls(server, exe, stream, like, seconds):
+    """The AWS SDK's PutRecords calls alone (examples/sdk_call_cost.rs, one thread), paced at the
+    call rate of the kpl run `like`, each with its mean entries per call and bytes per entry:
+    what the client costs of kpl's CPU at that rate, in CPU s per million of `like`'s records."""
+    calls_per_second = like["put_records_calls"] / like["duration_seconds"]
+    entries = max(1, round(like["kinesis_records_put"] / like["put_records_calls"]))
+    entry_bytes = max(1, round(like["kinesis_bytes_put"] / like["kinesis_records_put"]))
+    cmd = [exe, server.endpoint, stream, f"{calls_per_second:.3f}", str(entries), str(entry_bytes), str(seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
+                          env={**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                               "AWS_REGION": REGION})
+    if proc.returncode != 0:
+        sys.exit(f"p3.py: sdk_call_cost failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    # CPU per call times calls per user record of the kpl run.
+    records_per_call = like["user_records_put"] / like["put_records_calls"]
+    r.update({
+        "command": " ".join(["sdk_call_cost", *cmd[1:]]),
+        "calls_per_second": calls_per_second,
+        "entries_per_call": entries,
+        "entry_bytes": entry_bytes,
+        "user_records_per_call_of_kpl_run": records_per_call,
+        "cpu_seconds_per_million_user_records": r["cpu_us_per_call"] / records_per_call,
+    })
+    return r
 
 
 def run_aggregator(n, seed):
@@ -303,10 +336,14 @@ def main():
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kpl", default=os.path.join(REPO, "target/release/kpl"))
+    ap.add_argument("--sdk-call-cost", default=os.path.join(REPO, "target/release/examples/sdk_call_cost"),
+                    help="examples/sdk_call_cost.rs, built")
     ap.add_argument("--out", default=os.path.join(REPO, "target/bench-results/p3.json"))
     args = ap.parse_args()
 
     import aiokpl  # fail early, before starting anything
+    if not os.path.exists(args.sdk_call_cost):
+        sys.exit(f"p3.py: {args.sdk_call_cost} is missing: cargo build --release --example sdk_call_cost")
     import importlib.metadata as md
 
     server = Kinesalite()
@@ -316,7 +353,7 @@ def main():
     try:
         api = client(server.endpoint)
         wait_ready(server, api)
-        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-one-thread", "p3-kpl-batches", "p3-kpl-closed-loop"):
+        for s in ("p3-aiokpl", "p3-kpl-same-rate", "p3-kpl-one-thread", "p3-kpl-batches", "p3-kpl-closed-loop", "p3-sdk-calls"):
             create_stream(api, s, args.shards)
         print(f"p3: kinesalite {server.endpoint}, {args.shards} shards; aiokpl {args.records} records...", file=sys.stderr)
         a = run_aiokpl(server, api, "p3-aiokpl", args.records, args.seed)
@@ -333,6 +370,8 @@ def main():
                             rate=a["user_records_per_second"], extra=("--threads", "1"),
                             bench_args=("--send-batch", "64"))
         k_closed = run_kpl(server, api, args.kpl, "p3-kpl-closed-loop", args.kpl_seconds)
+        # The client's share: the one-thread run's calls, made by the SDK alone.
+        sdk = run_sdk_calls(server, args.sdk_call_cost, "p3-sdk-calls", k_one, same_seconds)
     finally:
         server.stop()
     g = run_aggregator(args.agg_records, args.seed)
@@ -349,6 +388,7 @@ def main():
         "kpl_same_rate_one_thread": k_one,
         "kpl_same_rate_batches": k_batches,
         "kpl_closed_loop": k_closed,
+        "sdk_calls_alone": sdk,
         "aws_kinesis_agg": g,
         "cpu_ratio_aiokpl_over_kpl_same_rate": a["cpu_seconds_per_million_user_records"]
         / k_same["cpu_seconds_per_million_user_records"],
