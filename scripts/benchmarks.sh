@@ -31,6 +31,10 @@ for line in sys.stdin:
         print(m["executable"])'; }
   cp "$(cd "$base_tree" && CARGO_TARGET_DIR="$PWD/../../target" exe)" "$out/pipeline-base"
   cp "$(exe)" "$out/pipeline-this"
+  # The base's kpl too, for the shared-shard runs below (this tree's is rebuilt after).
+  (cd "$base_tree" && CARGO_TARGET_DIR="$PWD/../../target" cargo build --release --quiet --bin kpl)
+  cp target/release/kpl "$out/kpl-base"
+  cargo build --release --quiet
   git worktree remove --force "$base_tree"
   rows='aggregated$|batches_of_1000$'
   : > "$out/pipeline-side-by-side.txt"
@@ -73,6 +77,27 @@ for _ in $(seq 200); do grep -q "stream rtt-strict" "$out/rtt-sim.txt" 2>/dev/nu
 run p6-rtt-default --endpoint-url "http://127.0.0.1:$port" --stream rtt --record-size 100
 run p6-rtt-strict --endpoint-url "http://127.0.0.1:$port" --stream rtt-strict --record-size 100 --strict-ordering
 kill $sim_pid 2>/dev/null || true
+# Four producers on one limited shard (each its own process, offering ~30 % of the shard: 2 800
+# records/s of 100 B), alternating this build with P1_BASE's if given.
+shared4() { # NAME KPL
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$kpl" sim --port "$port" --stream shared:1 >/dev/null 2>"$out/$1-sim.txt" &
+  sim_pid=$!
+  for _ in $(seq 200); do grep -q "stream shared" "$out/$1-sim.txt" 2>/dev/null && break; sleep 0.1; done
+  pids=()
+  for i in 1 2 3 4; do
+    "$2" --threads 1 bench --quiet --endpoint-url "http://127.0.0.1:$port" --stream shared --rate 2800 \
+      --record-size 100 --keys 1000 --duration 20s --report "$out/$1-$i.json" 2>"$out/$1-$i.txt" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  kill $sim_pid 2>/dev/null || true
+}
+rm -f "$out"/shared4-*
+for round in 1 2; do
+  [ -n "${P1_BASE:-}" ] && shared4 "shared4-base-$round" "$out/kpl-base"
+  shared4 "shared4-this-$round" "$kpl"
+done
 "$kpl" bench --payload json-logs --record-size 200-300 --seed 9 --print-records 20000 > "$out/dict-samples.txt"
 "$kpl" dict train "$out/dict-samples.txt" -o "$out/json-logs.dict" --report "$out/dict.json" 2>"$out/dict.txt"
 # One record per Kinesis record: 4 shards take 4 000 a second, so 5 s of them are buffered, not
