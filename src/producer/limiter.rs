@@ -24,12 +24,10 @@
 //! above 100 %, such as the KPL's default 150 %, is accepted and means "up to the limit").
 //! When the service throttles the shard anyway, the rate is cut, at most once a second.
 //! Throttling again within 2.5 s, with a tenth or more of the last second's writes throttled,
-//! means another writer shares the shard: the rate drops to 85 % of what it was, or of what
-//! this producer sent in the last second if that was less (one of several producers on a
-//! stream sends a part of each shard, far under its rate), never below 10 %, at any level.
-//! Otherwise the throttle is taken for timing (delays on the way moved writes into one of the
-//! service's seconds) or a probe that overshot: back to 97 % if the rate was above, no change
-//! at or under it. It grows back quickly (10 % of the limit per second) up
+//! means another writer shares the shard: the rate drops to 85 % of what it was, never below
+//! 10 %, at any level. Otherwise the throttle is taken for timing (delays on the way moved
+//! writes into one of the service's seconds) or a probe that overshot: back to 97 % if the rate
+//! was above, no change at or under it. It grows back quickly (10 % of the limit per second) up
 //! to 90 % of the rate that was throttled, then slowly: AIMD, as TCP does, so several producers
 //! on one shard share it (tests/shared_shard.rs). The cut applies above 97 % too: the rate
 //! creeps above it within the second between two cuts, and when a repeated throttle there only
@@ -54,9 +52,6 @@ const SAFE_SHARE: f64 = 0.97;
 /// Highest rate, as a share of the shard's limit: the published limit itself, which Kinesis
 /// enforces whatever `rate_limit` says.
 const MAX_SHARE: f64 = 1.0;
-/// A shared shard's cut starts from what was sent, but from no less than this share of the
-/// rate in force.
-const MAX_CUT_TO_SENT: f64 = 0.5;
 /// Lowest rate, as a share of the shard's limit.
 const MIN_SHARE: f64 = 0.1;
 /// Share of the shard's limit regained per second, far below the last throttled rate...
@@ -305,21 +300,9 @@ impl ShardLimiter {
         }
         self.records.refill(self.share, now);
         self.bytes.refill(self.share, now);
-        // A shared shard is cut from what this producer sent to it, if that was less than its
-        // share: several producers on one stream each offer a part of a shard, far under the
-        // 97 % they may send, and cuts from there took many seconds (each with most writes
-        // throttled) to reach a rate that relieves the shard. Not below half the share in one
-        // cut (answers slower than the window undercount what was sent), and not from an
-        // empty window.
-        let base = if shared && !self.window.log.is_empty() {
-            self.share
-                .min(self.sent_share().max(self.share * MAX_CUT_TO_SENT))
-        } else {
-            self.share
-        };
-        self.throttled_at = base;
+        self.throttled_at = self.share;
         self.share = if shared {
-            (base * DECREASE).max(MIN_SHARE)
+            (self.share * DECREASE).max(MIN_SHARE)
         } else {
             safe
         };
@@ -347,15 +330,6 @@ impl ShardLimiter {
             };
             self.share = (self.share + per_sec * elapsed).min(self.ceiling);
         }
-    }
-
-    /// What the window holds (the last 1.015 s of writes) as a share of the shard's limits:
-    /// the larger of records and bytes. Call after `window.expire`.
-    fn sent_share(&self) -> f64 {
-        let secs = WINDOW.as_secs_f64();
-        let records = self.window.log.len() as f64 / (self.records.limit * secs);
-        let bytes = self.window.bytes / (self.bytes.limit * secs);
-        records.max(bytes)
     }
 
     /// Current rates: (records/s, bytes/s).
@@ -562,33 +536,6 @@ mod tests {
         // One write of 20 a second: timing. Back to 97 %, no further.
         let timing = share_after(1);
         assert!((0.96..=0.99).contains(&timing), "{timing}");
-    }
-
-    #[test]
-    fn a_shared_shard_is_cut_from_what_was_sent_when_that_is_under_the_share() {
-        // One of several producers on a shard: it sends 8 default-size aggregates a second
-        // (~40 % of the shard's bytes), far under the 97 % it may, and half of them are
-        // throttled for three seconds.
-        let start = Instant::now();
-        let mut l = ShardLimiter::new(&LimiterConfig::default(), start);
-        let size = DEFAULT_AGGREGATION_MAX_SIZE_BYTES;
-        for second in 0..3 {
-            for i in 0..8 {
-                let t = start + Duration::from_millis(1_000 * second + 125 * i);
-                if !l.try_take(size, t) {
-                    continue;
-                }
-                if i % 2 == 0 {
-                    l.on_throttled(t);
-                } else {
-                    l.on_success(1, t);
-                }
-            }
-        }
-        // Cut from the ~0.44 sent (at most to half the share in one cut), then from ~0.44
-        // again: ~0.35. Cut from the share, it was 0.97 -> 0.82 -> ~0.72, still far above
-        // what relieves the shard, and every second of that throttled half of the writes.
-        assert!((0.25..0.4).contains(&l.share), "{}", l.share);
     }
 
     #[test]
