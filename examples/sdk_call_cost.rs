@@ -20,6 +20,11 @@ use kpl::client::sdk::{ConnectOptions, SdkKinesis};
 use kpl::client::{KinesisApi, PutRecordsEntry, PutRecordsResultEntry, StreamId};
 use rand::RngCore;
 
+// The CPU clock `kpl bench` reads.
+#[path = "../src/bin/kpl/cpu.rs"]
+mod cpu;
+use cpu::process_cpu_seconds;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [
@@ -101,19 +106,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         Ok::<_, Box<dyn std::error::Error>>(())
     })
-}
-
-/// utime + stime of this process (fields 14 and 15 of /proc/self/stat, in USER_HZ = 100 ticks).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    match (tick(11), tick(12)) {
-        (Some(user), Some(system)) => (user + system) / 100.0,
-        _ => 0.0,
-    }
 }

@@ -136,9 +136,9 @@ apart): compare the rows of one
 run, and the alternating side-by-side table below, rather than figures across runs.
 """)
 side_path = os.path.join(out, "pipeline-side-by-side.txt")
+# Runs alternate, each behind a "== base|this REV" line. name -> {label: [rates]}.
+runs, revs = {}, {}
 if os.path.exists(side_path):
-    # Runs alternate, each behind a "== base|this REV" line. name -> {label: [rates]}.
-    runs, revs = {}, {}
     for part in re.split(r"^== ", open(side_path).read(), flags=re.M)[1:]:
         header, _, body = part.partition("\n")
         label, rev = header.split()
@@ -159,7 +159,7 @@ scripts/benchmarks.sh`), three runs each:
             print(f"| {name[len(group):]} | {fmt(b)} | {fmt(t)} | {mt / mb:.2f}x |")
     print()
 
-base_rev = (revs if "revs" in globals() else {}).get("base")
+base_rev = revs.get("base")
 shared_desc = (f"this build ({commit}) and, alternating with it, the previous session's ({base_rev}), two rounds each"
                if base_rev and os.path.exists(os.path.join(out, "shared4-base-1-1.json")) else "two rounds")
 print("""## P2: shard saturation (`kpl bench`, embedded simulator with shard limits, closed loop)
@@ -222,20 +222,25 @@ the share of each producer's PutRecords entries (aggregates) refused with
 
 | build | run | shard used (together) | each producer | throttled, first 5 s | throttled, last 10 s | failed |
 |---|---|---|---|---|---|---|""")
+
+
+def throttled_share(rs, lo, hi):
+    """Of the four producers' entries in seconds lo..hi, the part throttled."""
+    t = sum(s["throttled_entries"] for r in rs for s in r["per_second"][lo:hi])
+    k = sum(s["kinesis_records"] for r in rs for s in r["per_second"][lo:hi])
+    return t / max(t + k, 1)
+
+
 shared_rows = {}
 for build in ("base", "this"):
     for rnd in (1, 2):
-        runs = [f"shared4-{build}-{rnd}-{i}" for i in range(1, 5)]
-        if not os.path.exists(os.path.join(out, runs[0] + ".json")):
+        names = [f"shared4-{build}-{rnd}-{i}" for i in range(1, 5)]
+        if not os.path.exists(os.path.join(out, names[0] + ".json")):
             continue
-        rs = [bench(n) for n in runs]
-        def share(rs, lo, hi):
-            t = sum(s["throttled_entries"] for r in rs for s in r["per_second"][lo:hi])
-            k = sum(s["kinesis_records"] for r in rs for s in r["per_second"][lo:hi])
-            return t / max(t + k, 1)
+        rs = [bench(n) for n in names]
         used = sum(r["during_load"]["byte_utilization"] for r in rs)
         each = sorted(r["during_load"]["byte_utilization"] for r in rs)
-        row = (used, share(rs, 0, 5), share(rs, 10, 20), sum(r["user_records_failed"] for r in rs))
+        row = (used, throttled_share(rs, 0, 5), throttled_share(rs, 10, 20), sum(r["user_records_failed"] for r in rs))
         shared_rows.setdefault(build, []).append(row)
         label = (base_rev or "base") if build == "base" else commit
         print(f"| {label} | {rnd} | {pct(used)} | {pct(each[0])} - {pct(each[-1])} | {pct(row[1])} | {pct(row[2])} | {row[3]} |")

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::common::{ConnectArgs, ProducerArgs, parse_duration};
+use crate::cpu::process_cpu_seconds;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -249,18 +250,6 @@ struct Sample {
     calls: f64,
     throttled: f64,
     retries: f64,
-}
-
-fn process_cpu_seconds() -> f64 {
-    // utime + stime, fields 14 and 15 of /proc/self/stat, in clock ticks (USER_HZ = 100).
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
 }
 
 fn peak_rss_mib() -> f64 {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cat;
 mod common;
+mod cpu;
 mod decode;
 mod dict;
 mod put;
