@@ -21,7 +21,7 @@ use kpl::client::{KinesisApi, PutRecordsEntry, PutRecordsResultEntry, StreamId};
 use rand::RngCore;
 
 // The CPU clock `kpl bench` reads.
-#[path = "../src/bin/kpl/cpu.rs"]
+#[path = "../crates/kpl-cli/src/cpu.rs"]
 mod cpu;
 use cpu::process_cpu_seconds;
 

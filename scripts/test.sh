@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup-node.sh
 scripts/setup-python.sh
 cargo fmt --all -- --check
-cargo clippy --all-targets --all-features -- -D warnings
-cargo test --all-features
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features

@@ -15,7 +15,8 @@
 //! - [`reader`]: reads a stream back, parents before children.
 //! - [`dedup`]: dedup ids on user records, and the reader-side [`dedup::Deduper`].
 //! - `lambda` (feature `lambda`): user records out of a Kinesis Lambda event.
-//! - `sim` (feature `sim`): a local Kinesis with shard limits and a fault layer.
+//! - The simulator (a local Kinesis with shard limits and a fault layer) is its own crate,
+//!   `kpl-sim`, for your tests; the `kpl` command is the `kpl-cli` crate.
 //! - [`limits`], [`hash`], [`record`]: Kinesis's limits, hash keys, validated user records.
 //!
 //! ```no_run
@@ -46,8 +47,6 @@ pub mod limits;
 pub mod producer;
 pub mod reader;
 pub mod record;
-#[cfg(feature = "sim")]
-pub mod sim;
 
 pub use hash::{HashKey, HashRange};
 pub use record::{RecordError, UserRecord};

@@ -252,7 +252,7 @@ async fn strict_ordering_stores_each_key_in_send_order_under_throttling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_ordering_holds_on_kpl_sim_with_30_percent_throttled() {
-    use kpl::sim::{EntryFault, Faults, Sim, SimConfig};
+    use kpl_sim::{EntryFault, Faults, Sim, SimConfig};
     let sim = Sim::start(SimConfig {
         enforce_limits: true,
         seed: 3,

@@ -18,7 +18,7 @@ use kpl::UserRecord;
 use kpl::client::KinesisApi;
 use kpl::dedup::Deduper;
 use kpl::producer::{FailureReason, Producer, ProducerConfig};
-use kpl::sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimStats};
+use kpl_sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimStats};
 
 struct Case {
     name: &'static str,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kpl::UserRecord;
 use kpl::client::KinesisApi;
 use kpl::producer::{MetricsSnapshot, Producer, ProducerConfig, RecordFuture};
-use kpl::sim::{Sim, SimConfig};
+use kpl_sim::{Sim, SimConfig};
 
 const MIB: f64 = 1024.0 * 1024.0;
 

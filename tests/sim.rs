@@ -9,7 +9,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use kpl::client::sdk::{ConnectOptions, SdkKinesis};
 use kpl::client::{ApiErrorKind, KinesisApi, PutRecordsEntry, PutRecordsResultEntry, StreamId};
-use kpl::sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
+use kpl_sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
 
 async fn sim(enforce_limits: bool, shards: u32) -> SimHandle {
     let sim = Sim::start(SimConfig {

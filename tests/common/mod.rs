@@ -32,8 +32,13 @@ impl Drop for Server {
     }
 }
 
+/// The workspace root (these helpers also serve crates/kpl-cli's tests).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").exists())
+        .expect("the workspace root holds Cargo.lock")
+        .to_path_buf()
 }
 
 fn tools() -> PathBuf {
@@ -209,10 +214,6 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> std::process::Output {
     let out = child.wait_with_output().expect("wait");
     writer.join().expect("writer thread");
     out
-}
-
-pub fn kpl_binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_kpl"))
 }
 
 /// A producer over the in-memory Kinesis.

@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use kpl::UserRecord;
 use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
 use kpl::producer::{BatchFuture, MetricsSnapshot, Producer, RecordFuture};
-use kpl::sim::{Sim, SimConfig};
+use kpl_sim::{Sim, SimConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kpl::sim::{EntryFault, Faults, RequestFault, Sim, SimConfig};
+use kpl_sim::{EntryFault, Faults, RequestFault, Sim, SimConfig};
 
 /// Arguments of `kpl sim`.
 #[derive(clap::Args, Debug)]

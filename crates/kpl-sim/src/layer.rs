@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use ferrokinesis::store::Store;
 
-use crate::sim::faults::{Decision, FaultState, Faults, RequestFault};
-use crate::sim::limits::{ShardLimits, charge, open_shards};
+use crate::faults::{Decision, FaultState, Faults, RequestFault};
+use crate::limits::{ShardLimits, charge, open_shards};
 
 /// Largest request body read (PutRecords carries at most 5 MiB of data, base64 in JSON; a
 /// 10 MiB record on a large-record stream is ~14 MB): the store's own checks answer the rest.
@@ -306,15 +306,15 @@ async fn put_entries(
 fn within_store_limits(entries: &[Value]) -> bool {
     let mut total = 0;
     for entry in entries {
-        let Some(bytes) = crate::sim::limits::billed_bytes(entry) else {
+        let Some(bytes) = crate::limits::billed_bytes(entry) else {
             return false;
         };
-        if bytes > crate::limits::DEFAULT_MAX_RECORD_BYTES {
+        if bytes > kpl::limits::DEFAULT_MAX_RECORD_BYTES {
             return false;
         }
         total += bytes;
     }
-    total <= crate::limits::MAX_PUT_RECORDS_BYTES
+    total <= kpl::limits::MAX_PUT_RECORDS_BYTES
 }
 
 /// What happens to each entry of a put: an injected failure (if `how.inject`), a shard

@@ -1,4 +1,4 @@
-//! `kpl sim`: a Kinesis on this machine that enforces shard limits and injects faults.
+//! `kpl-sim`, the crate behind `kpl sim`: a Kinesis on this machine that enforces shard limits and injects faults.
 //!
 //! The store is [ferrokinesis](https://crates.io/crates/ferrokinesis) embedded as a library
 //! (its axum router, served on 127.0.0.1), with shard write limits on by default: entries
@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use kpl::sim::{Sim, SimConfig};
+//! use kpl_sim::{Sim, SimConfig};
 //! let sim = Sim::start(SimConfig::default()).await?;
 //! sim.create_stream("logs", 4).await?;
 //! println!("Kinesis with shard limits at {}", sim.endpoint());
@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::client::sdk::{ConnectOptions, SdkKinesis};
-use crate::client::{ApiError, KinesisApi, StreamId};
-use crate::hash::HashKey;
+use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::client::{ApiError, KinesisApi, StreamId};
+use kpl::hash::HashKey;
 
 pub mod faults;
 mod layer;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use ferrokinesis::store::Store;
 use serde_json::Value;
 
-use crate::hash::HashKey;
-use crate::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
+use kpl::hash::HashKey;
+use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
 
 const WINDOW: Duration = Duration::from_secs(1);
 

@@ -2,6 +2,7 @@
 //! `kpl cat`, against kinesalite and against `kpl sim`; bad input gives the documented outcome
 //! and exit code.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -9,7 +10,9 @@ use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kpl_binary;
+fn kpl_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_kpl"))
+}
 
 fn kpl(args: &[&str], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(kpl_binary());
@@ -276,7 +279,7 @@ async fn a_missing_stream_or_a_dead_endpoint_ends_fast_with_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trained_dictionary_and_dedup_ids_round_trip_through_lost_answers() {
-    use kpl::sim::{Faults, Sim, SimConfig};
+    use kpl_sim::{Faults, Sim, SimConfig};
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-dict");
     std::fs::create_dir_all(&dir).unwrap();
     let samples = dir.join("samples.txt");
