@@ -706,3 +706,44 @@ async fn failed_and_expired_records_come_back_intact_from_compressed_aggregates(
         FailureReason::Expired { .. }
     )));
 }
+
+/// Every duration at its largest allowed value: deadlines, backoff, timeouts and TTL checks
+/// do not overflow the clock. A hung call times out after an hour, is retried after at most an
+/// hour's backoff, and records that keep failing run out of attempts well within their TTL.
+#[tokio::test(start_paused = true)]
+async fn the_largest_allowed_durations_run_without_overflow() {
+    use kpl::producer::backoff::BackoffConfig;
+    use kpl::producer::config::{
+        MAX_BACKOFF_CAP_SECS, MAX_RECORD_MAX_BUFFERED_TIME_SECS, MAX_RECORD_TTL_SECS,
+        MAX_REQUEST_TIMEOUT_SECS,
+    };
+    let fake = Arc::new(MemoryKinesis::new(2));
+    fake.set_plan(|call| match call.index {
+        0 => Plan::Hang,
+        1 => Plan::Store,
+        _ => Plan::FailEntries(vec![Some("InternalFailure".into()); 500]),
+    });
+    let config = ProducerConfig {
+        record_ttl: Duration::from_secs(MAX_RECORD_TTL_SECS),
+        record_max_buffered_time: Duration::from_secs(MAX_RECORD_MAX_BUFFERED_TIME_SECS),
+        request_timeout: Duration::from_secs(MAX_REQUEST_TIMEOUT_SECS),
+        backoff: BackoffConfig {
+            base: Duration::from_secs(MAX_BACKOFF_CAP_SECS),
+            cap: Duration::from_secs(MAX_BACKOFF_CAP_SECS),
+        },
+        max_attempts: 3,
+        ..Default::default()
+    };
+    let p = producer(&fake, config).await;
+    let start = Instant::now();
+    let first = outcomes(send_all(&p, vec![record(1, 1)]).await).await;
+    let receipt = first[0].as_ref().expect("stored on the second attempt");
+    assert_eq!(receipt.attempts[0].error.as_ref().unwrap().code, "Timeout");
+    let second = outcomes(send_all(&p, vec![record(2, 1)]).await).await;
+    assert!(matches!(
+        second[0].as_ref().unwrap_err().reason,
+        FailureReason::AttemptsExhausted { .. }
+    ));
+    assert!(start.elapsed() < Duration::from_secs(MAX_RECORD_TTL_SECS));
+    p.shutdown().await;
+}

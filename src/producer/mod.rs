@@ -65,6 +65,7 @@ use crate::record::{RecordError, UserRecord};
 
 mod aggregator;
 pub mod backoff;
+mod clock;
 mod collector;
 pub mod config;
 pub mod error;

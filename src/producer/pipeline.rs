@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::client::{KinesisApi, StreamId};
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
 use crate::producer::backoff::Backoff;
+use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
@@ -416,7 +417,7 @@ impl Pipeline {
         }
         consider(self.retries.next_due());
         consider(self.limiter_wake);
-        wake.map(|w| w.max(now + MIN_SLEEP))
+        wake.map(|w| w.max(later(now, MIN_SLEEP)))
     }
 
     fn enqueue(&mut self, record: KinesisRecordOut, now: Instant) {

@@ -24,6 +24,7 @@ use crate::client::{
 };
 use crate::producer::aggregator::KinesisRecordOut;
 use crate::producer::backoff::{Backoff, BackoffConfig};
+use crate::producer::clock::later;
 use crate::producer::record::AttemptError;
 
 /// What one result entry means for its Kinesis record.
@@ -177,7 +178,7 @@ impl RetryQueue {
         let delay = self.backoff.delay_for_attempt(attempt.saturating_sub(1));
         self.seq += 1;
         self.heap.push(Reverse(Due {
-            at: now + delay,
+            at: later(now, delay),
             seq: self.seq,
             record,
         }));

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::{Misplaced, Pipeline};
 use crate::producer::aggregator::{Grouping, KinesisRecordOut};
+use crate::producer::clock::later;
 use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::record::{AttemptError, CallAttempt, RecordState, Reply, StoredKinesisRecord};
 use crate::producer::retrier::{
@@ -348,7 +349,7 @@ impl Pipeline {
 
 /// Whether a record received at `received` has outlived `ttl` at `now`.
 pub(super) fn outlived(received: Instant, ttl: Duration, now: Instant) -> bool {
-    received + ttl <= now
+    later(received, ttl) <= now
 }
 
 /// The last error any attempt of `record` (or of its user records' earlier aggregates) saw.
