@@ -84,7 +84,7 @@ async fn every_record_gets_a_receipt_that_matches_what_was_stored() {
         .into_iter()
         .map(|r| r.expect("stored"))
         .collect();
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     let stored = fake.stored();
     assert!(
@@ -139,7 +139,7 @@ async fn limits_of_aggregates_and_calls_hold() {
     for r in outcomes(send_all(&p, records).await).await {
         r.expect("stored");
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     for s in fake.stored() {
         assert!(
             s.data.len() <= DEFAULT_AGGREGATION_MAX_SIZE_BYTES,
@@ -170,7 +170,7 @@ async fn only_failed_entries_are_retried() {
     let p = producer(&fake, config).await;
     let records: Vec<_> = (0..50).map(|i| record(i, 50)).collect();
     let results = outcomes(send_all(&p, records).await).await;
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     let retried: Vec<_> = results
         .iter()
@@ -368,7 +368,7 @@ async fn a_split_mid_run_never_leaves_an_aggregate_across_shards() {
         .into_iter()
         .map(|r| r.expect("stored despite the split"))
         .collect();
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     let shards = fake.shards();
     for (r, receipt) in second.iter().zip(&receipts) {
@@ -440,7 +440,7 @@ async fn invalid_records_fail_at_send_before_buffering() {
         err.reason,
         SendErrorReason::Invalid(RecordError::EmptyPartitionKey)
     ));
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     assert_eq!(fake.put_calls(), 0);
 }
 
@@ -457,7 +457,7 @@ async fn the_stream_record_limit_is_honoured() {
         .await
         .expect("a 4 MiB record on a 10 MiB stream");
     assert_eq!(receipt.sub_sequence_number, 0);
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     assert_eq!(fake.stored()[0].data.len(), 4 * 1024 * 1024);
 }
 
@@ -487,11 +487,11 @@ async fn try_send_reports_a_full_buffer_and_room_returns_when_records_resolve() 
     // Walk away from the futures: the records still resolve and give their room back.
     drop(futures);
     gate.store(1, Ordering::SeqCst);
-    p.flush().await;
+    p.flush().await.expect("every record seen through");
     for i in 0..10 {
         drop(p.try_send(record(i, 3)).expect("room is back"));
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     assert_eq!(
         user_records(&fake.stored()).len(),
         20,
@@ -509,12 +509,12 @@ async fn flush_does_not_wait_for_the_buffered_time_and_shutdown_closes() {
     let p = producer(&fake, config).await;
     let futures = send_all(&p, (0..100).map(|i| record(i, 10)).collect()).await;
     let start = Instant::now();
-    p.flush().await;
+    p.flush().await.expect("every record seen through");
     assert!(start.elapsed() < Duration::from_secs(1));
     for r in outcomes(futures).await {
         r.expect("stored by the flush");
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     let err = p.send(record(1, 1)).await.unwrap_err();
     assert_eq!(err.reason, SendErrorReason::Closed);
 }
@@ -555,7 +555,7 @@ async fn explicit_hash_keys_route_records() {
     for (r, s) in outcomes(futures).await.into_iter().zip(&shards) {
         assert_eq!(&*r.unwrap().shard_id, s.shard_id.as_str());
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 }
 
 #[tokio::test(start_paused = true)]
@@ -578,7 +578,7 @@ async fn a_batch_resolves_to_every_record_s_outcome_in_order() {
     for b in batches {
         results.extend(b.await);
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     assert_eq!(results.len(), 3_000);
     let stored = user_records(&fake.stored());
@@ -654,7 +654,7 @@ async fn a_batch_with_a_bad_record_or_too_big_for_the_buffer_is_handed_back_whol
         let results = p.send_batch(batch).await.unwrap().await;
         assert!(results.iter().all(Result::is_ok));
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     let err = p.send_batch(vec![record(1, 1)]).await.unwrap_err();
     assert_eq!(err.reason, SendErrorReason::Closed);
 }
@@ -682,16 +682,16 @@ async fn failed_and_expired_records_come_back_intact_from_compressed_aggregates(
         .clone()
         .with_explicit_hash_key(HashKey(u128::MAX / 3));
     let first = send_all(&p, records[..200].to_vec()).await;
-    p.flush().await;
+    p.flush().await.expect("every record seen through");
     let second = send_all(&p, records[200..].to_vec()).await;
-    p.flush().await;
+    p.flush().await.expect("every record seen through");
     // Alone in its Kinesis record: sent as its own data, compressed.
     let lone = UserRecord::new("lone", "y".repeat(5_000));
     let third = send_all(&p, vec![lone.clone()]).await;
     let (first, second) = (outcomes(first).await, outcomes(second).await);
     let third = outcomes(third).await.pop().unwrap().unwrap_err();
     assert_eq!(third.record, Some(lone));
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     for (r, outcome) in records.iter().zip(first.iter().chain(&second)) {
         let failure = outcome.as_ref().expect_err("nothing is stored");
         assert_eq!(failure.record.as_ref(), Some(r));
@@ -745,5 +745,319 @@ async fn the_largest_allowed_durations_run_without_overflow() {
         FailureReason::AttemptsExhausted { .. }
     ));
     assert!(start.elapsed() < Duration::from_secs(MAX_RECORD_TTL_SECS));
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
+}
+
+/// A [`KinesisApi`](kpl::client::KinesisApi) over a [`MemoryKinesis`] whose PutRecords calls
+/// panic as `panic_on(call index)` says: in the call itself, or in its future.
+struct Panicking {
+    inner: Arc<MemoryKinesis>,
+    calls: AtomicU64,
+    panic_on: fn(u64) -> Option<PanicAt>,
+}
+
+#[derive(Clone, Copy)]
+enum PanicAt {
+    Call,
+    Future,
+}
+
+impl kpl::client::KinesisApi for Panicking {
+    fn put_records(
+        &self,
+        stream: &kpl::client::StreamId,
+        entries: Vec<kpl::client::PutRecordsEntry>,
+    ) -> kpl::client::BoxFuture<'static, Result<Vec<kpl::client::PutRecordsResultEntry>, ApiError>>
+    {
+        let index = self.calls.fetch_add(1, Ordering::SeqCst);
+        match (self.panic_on)(index) {
+            Some(PanicAt::Call) => panic!("scripted panic in put_records, call {index}"),
+            Some(PanicAt::Future) => Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                panic!("scripted panic in the put_records future, call {index}")
+            }),
+            None => self.inner.put_records(stream, entries),
+        }
+    }
+
+    fn list_shards(
+        &self,
+        stream: &kpl::client::StreamId,
+        next_token: Option<String>,
+    ) -> kpl::client::BoxFuture<'static, Result<kpl::client::ListShardsPage, ApiError>> {
+        self.inner.list_shards(stream, next_token)
+    }
+
+    fn describe_stream_summary(
+        &self,
+        stream: &kpl::client::StreamId,
+    ) -> kpl::client::BoxFuture<'static, Result<kpl::client::StreamSummary, ApiError>> {
+        self.inner.describe_stream_summary(stream)
+    }
+}
+
+/// A client that panics (in the call, then in its future) fails that call like a retryable
+/// error: the records are stored by the next attempt, their attempts say what happened.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_client_call_is_retried_like_an_error() {
+    let fake = Arc::new(MemoryKinesis::new(1));
+    let api = Arc::new(Panicking {
+        inner: fake.clone(),
+        calls: AtomicU64::new(0),
+        panic_on: |i| match i {
+            0 => Some(PanicAt::Call),
+            1 => Some(PanicAt::Future),
+            _ => None,
+        },
+    });
+    let p = Producer::new(api, STREAM, ProducerConfig::default())
+        .await
+        .unwrap();
+    let futures = send_all(&p, (0..10).map(|i| record(i, 3)).collect()).await;
+    let results = tokio::time::timeout(Duration::from_secs(3600), outcomes(futures))
+        .await
+        .expect("every record resolves");
+    for r in results {
+        let receipt = r.expect("stored on the third attempt");
+        let codes: Vec<_> = receipt
+            .attempts
+            .iter()
+            .map(|a| a.error.as_ref().map(|e| e.code.clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                Some("KinesisApiPanic".into()),
+                Some("KinesisApiPanic".into()),
+                None
+            ]
+        );
+    }
+    assert_eq!(fake.stored_count(), 1);
+}
+
+/// A tracing subscriber that panics on the first event whose message contains `needle`: a
+/// way to make the pipeline task itself fail at a chosen point, as a bug would.
+struct PanicOnEvent {
+    needle: &'static str,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl tracing::Subscriber for PanicOnEvent {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains(self.needle) && !self.fired.swap(true, Ordering::SeqCst) {
+            panic!("scripted failure of the pipeline task");
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The pipeline task fails (a panic while it reads a failed call's answer) with records in
+/// every place: the call being answered, a call in flight, open aggregates, and a `send`
+/// waiting for room. Every record fails with `PipelineFailed` and comes back intact; the
+/// waiting and later sends fail at once; flush and shutdown say what happened.
+#[tokio::test(start_paused = true)]
+async fn a_failed_pipeline_task_fails_every_record_and_hands_it_back() {
+    let _guard = tracing::subscriber::set_default(PanicOnEvent {
+        needle: "PutRecords call failed",
+        fired: Default::default(),
+    });
+    let fake = Arc::new(MemoryKinesis::new(2));
+    fake.set_plan(|call| match call.index {
+        0 => Plan::Delay(
+            Duration::from_secs(1),
+            Box::new(Plan::Error(ApiError::service(
+                "InternalFailure",
+                Some(500),
+                "boom",
+            ))),
+        ),
+        _ => Plan::Hang,
+    });
+    let config = ProducerConfig {
+        max_outstanding_records: 30,
+        record_max_buffered_time: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let p = Arc::new(producer(&fake, config).await);
+    // Call 0 (answered with an error at 1 s), call 1 (never answered), then open aggregates.
+    let mut sent: Vec<(UserRecord, RecordFuture)> = Vec::new();
+    for round in 0..3 {
+        for i in 0..10 {
+            let r = record(round * 10 + i, 4);
+            sent.push((r.clone(), p.send(r).await.unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis([300, 750, 0][round])).await;
+    }
+    // The buffer is full: this send waits for room, until the task fails.
+    let waiting = {
+        let p = p.clone();
+        tokio::spawn(async move { p.send(record(99, 4)).await })
+    };
+    let results = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut out = Vec::new();
+        for (r, f) in sent {
+            out.push((r, f.await));
+        }
+        out
+    })
+    .await
+    .expect("every record resolves once the task fails");
+    let mut maybe = 0;
+    for (r, result) in results {
+        let failure = result.expect_err("nothing was stored");
+        match &failure.reason {
+            FailureReason::PipelineFailed {
+                message,
+                maybe_stored,
+            } => {
+                assert!(message.contains("scripted failure"), "{failure}");
+                maybe += usize::from(*maybe_stored);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            failure.to_string().contains("not necessarily stored"),
+            "{failure}"
+        );
+        assert_eq!(failure.record.as_ref(), Some(&r), "the record comes back");
+    }
+    // Call 0's answer was being read and call 1 was in flight: their 20 records may be
+    // stored; the last 10 were still in their aggregates.
+    assert_eq!(maybe, 20);
+    let waited = waiting.await.unwrap().expect_err("the waiting send fails");
+    assert!(matches!(
+        waited.reason,
+        SendErrorReason::PipelineFailed { .. }
+    ));
+    assert_eq!(waited.record, record(99, 4));
+    let later = p.try_send(record(100, 4)).unwrap_err();
+    assert!(matches!(
+        later.reason,
+        SendErrorReason::PipelineFailed { .. }
+    ));
+    assert!(matches!(
+        p.flush().await,
+        Err(kpl::producer::FlushError::PipelineFailed { .. })
+    ));
+    assert!(matches!(
+        p.shutdown().await,
+        Err(kpl::producer::FlushError::PipelineFailed { .. })
+    ));
+}
+
+/// `abort()` with records in flight, in open aggregates and in a batch: each fails at once with
+/// `Aborted` and its record (those in flight say they may be stored), `abort` returns when all
+/// have resolved, and the producer is closed afterwards.
+#[tokio::test(start_paused = true)]
+async fn abort_fails_every_outstanding_record_and_hands_it_back() {
+    let fake = Arc::new(MemoryKinesis::new(2));
+    fake.set_plan(|_| Plan::Hang);
+    let config = ProducerConfig {
+        record_max_buffered_time: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = producer(&fake, config).await;
+    let first: Vec<_> = (0..20).map(|i| record(i, 5)).collect();
+    let in_flight = send_all(&p, first.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        fake.put_calls() >= 1,
+        "the first records are in a hung call"
+    );
+    let second: Vec<_> = (20..40).map(|i| record(i, 5)).collect();
+    let buffered = send_all(&p, second.clone()).await;
+    let batch: Vec<_> = (40..50).map(|i| record(i, 5)).collect();
+    let batch_future = p.send_batch(batch.clone()).await.unwrap();
+
+    p.abort().await;
+    // Polled once each, no time passing: resolved by the time abort returned.
+    let mut results = Vec::new();
+    for f in in_flight.into_iter().chain(buffered) {
+        results.push(
+            tokio::time::timeout(Duration::ZERO, f)
+                .await
+                .expect("resolved"),
+        );
+    }
+    results.extend(
+        tokio::time::timeout(Duration::ZERO, batch_future)
+            .await
+            .expect("resolved"),
+    );
+    let sent: Vec<_> = first.iter().chain(&second).chain(&batch).collect();
+    for (i, (r, result)) in sent.into_iter().zip(results).enumerate() {
+        let failure = result.expect_err("aborted");
+        assert_eq!(failure.record.as_ref(), Some(r));
+        let FailureReason::Aborted { maybe_stored } = failure.reason else {
+            panic!("{failure}");
+        };
+        assert_eq!(maybe_stored, i < 20, "record {i}: {failure}");
+        if maybe_stored {
+            assert!(failure.to_string().contains("may or may not"), "{failure}");
+        }
+    }
+    let later = p.send(record(99, 5)).await.unwrap_err();
+    assert_eq!(later.reason, SendErrorReason::Closed);
+    assert_eq!(p.shutdown().await, Err(kpl::producer::FlushError::Aborted));
+}
+
+/// Sends racing `shutdown` from other threads: each record is stored or failed, or its send
+/// fails, and every path hands the record back. None resolves `Lost` (before, a record sent
+/// while the pipeline task was stopping was dropped with its channel). Real threads, so the
+/// race can happen; no timing is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_racing_shutdown_are_stored_or_handed_back() {
+    for round in 0..500 {
+        let fake = Arc::new(MemoryKinesis::new(2));
+        let config = ProducerConfig {
+            max_outstanding_records: 4,
+            record_max_buffered_time: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let p = Arc::new(producer(&fake, config).await);
+        let senders: Vec<_> = (0..16)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    match p.send(record(i, 7)).await {
+                        Ok(future) => future.await.map(|_| ()).map_err(|f| f.record),
+                        Err(e) => Err(Some(e.record)),
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..round % 8 {
+            tokio::task::yield_now().await;
+        }
+        p.shutdown().await.expect("shut down");
+        for (i, s) in senders.into_iter().enumerate() {
+            let outcome = tokio::time::timeout(Duration::from_secs(60), s)
+                .await
+                .expect("resolves")
+                .unwrap();
+            if let Err(back) = outcome {
+                assert_eq!(back, Some(record(i, 7)), "round {round}, record {i}");
+            }
+        }
+    }
 }

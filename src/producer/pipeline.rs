@@ -19,6 +19,7 @@ use crate::producer::backoff::Backoff;
 use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
+use crate::producer::error::FlushError;
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
 use crate::producer::record::{
@@ -28,9 +29,11 @@ use crate::producer::retrier::RetryQueue;
 use crate::producer::routes::{DEFAULT_ROUTE_CACHE_KEYS, RouteCache};
 use crate::producer::sender::{Completed, Sender};
 use crate::producer::shard_map::ShardMap;
+use crate::producer::unwind::catch;
 use crate::record::UserRecord;
 
 mod outcomes;
+mod teardown;
 use outcomes::outlived;
 
 /// Records taken from the input channel per wake-up.
@@ -44,9 +47,23 @@ pub(crate) enum Input {
     /// Records of one `send_batch`, with one buffer room taken for all of them.
     Batch(BatchInput),
     /// Send everything received so far and answer when it has all resolved.
-    Flush(oneshot::Sender<()>),
+    Flush(Ack),
     /// Flush, then stop.
-    Shutdown(oneshot::Sender<()>),
+    Shutdown(Ack),
+    /// Fail everything not yet resolved, then stop.
+    Abort(Ack),
+}
+
+/// The answer to a flush, shutdown or abort: whether every record was seen through.
+pub(crate) type Ack = oneshot::Sender<Result<(), FlushError>>;
+
+/// What woke the pipeline task.
+enum Event {
+    Completed(Completed),
+    Map(ShardMap),
+    /// Inputs are in the buffer.
+    Input,
+    Timer,
 }
 
 /// What `send_batch` hands over: records accepted at `received`, and where their outcomes go.
@@ -104,9 +121,16 @@ pub(crate) struct Pipeline {
     /// Unresolved records per flush epoch; `epochs[0]` is epoch `epoch_base`.
     epochs: VecDeque<u64>,
     epoch_base: u64,
-    flushes: Vec<(u64, oneshot::Sender<()>)>,
-    shutdowns: Vec<oneshot::Sender<()>>,
+    flushes: Vec<(u64, Ack)>,
+    /// Shutdowns and aborts, answered when the task stops.
+    shutdowns: Vec<Ack>,
     closing: bool,
+    /// Set when the pipeline stopped short (abort, or its own failure): what was not yet
+    /// resolved failed, and new inputs are refused with their records handed back.
+    stopped: Option<FlushError>,
+    /// The Kinesis records of the call being answered, last first: kept in the pipeline's
+    /// state (not on the stack) so that a failure while they are read does not lose them.
+    answering: Vec<KinesisRecordOut>,
     outstanding: u64,
 
     /// The next user record's number (its dedup id's sequence).
@@ -181,6 +205,8 @@ impl Pipeline {
             flushes: Vec::new(),
             shutdowns: Vec::new(),
             closing: false,
+            stopped: None,
+            answering: Vec::new(),
             outstanding: 0,
             next_seq: 0,
             dedup_producer,
@@ -196,7 +222,9 @@ impl Pipeline {
         (pipeline, done_rx, map_rx)
     }
 
-    /// Runs until every handle is gone (or `shutdown` was called) and every record resolved.
+    /// Runs until every handle is gone (or `shutdown` or `abort` was called) and every record
+    /// resolved. A panic while an event is handled (a bug) fails every record not yet resolved
+    /// with its record handed back, instead of stranding them with the task.
     pub(crate) async fn run(
         mut self,
         mut input: mpsc::UnboundedReceiver<Input>,
@@ -205,45 +233,82 @@ impl Pipeline {
     ) {
         let mut buf = Vec::with_capacity(INPUT_BATCH);
         let mut input_open = true;
+        let mut wake = None;
         loop {
-            let now = Instant::now();
-            let wake = self.next_wake(now);
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                Some(completed) = done.recv() => {
-                    self.on_completed(completed);
-                    while let Ok(completed) = done.try_recv() {
-                        self.on_completed(completed);
-                    }
-                }
-                Some(map) = maps.recv() => self.on_new_map(map),
+                Some(completed) = done.recv() => Event::Completed(completed),
+                Some(map) = maps.recv() => Event::Map(map),
                 n = input.recv_many(&mut buf, INPUT_BATCH), if input_open => {
                     if n == 0 {
                         input_open = false;
-                        self.closing = true;
                     }
-                    for item in buf.drain(..) {
-                        self.on_input(item);
-                    }
+                    Event::Input
                 }
-                _ = sleep_until(wake) => {}
+                _ = sleep_until(wake) => Event::Timer,
+            };
+            match catch(|| self.step(event, &mut done, &mut buf, input_open)) {
+                Ok(next) => wake = next,
+                Err(panic) => {
+                    self.fail(panic, &mut buf);
+                    input.close();
+                    while let Ok(item) = input.try_recv() {
+                        buf.push(item);
+                    }
+                    self.fail_inputs(&mut buf);
+                    break;
+                }
             }
-            self.advance(Instant::now());
-            let (records, bytes) = std::mem::take(&mut self.to_release);
-            self.room.release(records, bytes);
-            if self.closing && self.outstanding == 0 {
+            if self.closing {
+                // Nothing more gets in: a record sent from now on is handed back by `send`,
+                // and what is already in the channel is still read (and resolved).
+                input.close();
+            }
+            if self.closing && !input_open && self.outstanding == 0 {
                 break;
             }
         }
-        if let Some(task) = self.refresh.take() {
-            task.abort();
+        self.finish();
+    }
+
+    /// Handles one event and moves everything that can move; returns when to wake next.
+    fn step(
+        &mut self,
+        event: Event,
+        done: &mut mpsc::UnboundedReceiver<Completed>,
+        buf: &mut Vec<Input>,
+        input_open: bool,
+    ) -> Option<Instant> {
+        match event {
+            Event::Completed(completed) => {
+                self.on_completed(completed);
+                while let Ok(completed) = done.try_recv() {
+                    self.on_completed(completed);
+                }
+            }
+            Event::Map(map) => self.on_new_map(map),
+            Event::Input => {
+                if !input_open {
+                    self.closing = true;
+                }
+                // Taken one at a time from the end: what is not taken yet stays in `buf`.
+                buf.reverse();
+                while let Some(item) = buf.pop() {
+                    self.on_input(item);
+                }
+            }
+            Event::Timer => {}
         }
-        for ack in self.shutdowns.drain(..) {
-            let _ = ack.send(());
-        }
-        for (_, ack) in self.flushes.drain(..) {
-            let _ = ack.send(());
-        }
+        let now = Instant::now();
+        self.advance(now);
+        self.give_back_room();
+        self.next_wake(now)
+    }
+
+    /// Gives back the buffer room of the records resolved since the last time.
+    fn give_back_room(&mut self) {
+        let (records, bytes) = std::mem::take(&mut self.to_release);
+        self.room.release(records, bytes);
     }
 
     fn flushing(&self) -> bool {
@@ -251,6 +316,10 @@ impl Pipeline {
     }
 
     fn on_input(&mut self, input: Input) {
+        if self.stopped.is_some() {
+            self.refuse(input);
+            return;
+        }
         match input {
             Input::Record(PendingRecord { record, state }) => {
                 self.metrics.record_received(1, u64::from(state.billed));
@@ -299,6 +368,10 @@ impl Pipeline {
             }
             Input::Shutdown(ack) => {
                 self.closing = true;
+                self.shutdowns.push(ack);
+            }
+            Input::Abort(ack) => {
+                self.abort();
                 self.shutdowns.push(ack);
             }
         }
@@ -599,7 +672,7 @@ impl Pipeline {
         while i < self.flushes.len() {
             if self.flushes[i].0 < base {
                 let (_, ack) = self.flushes.swap_remove(i);
-                let _ = ack.send(());
+                let _ = ack.send(self.stopped.clone().map_or(Ok(()), Err));
             } else {
                 i += 1;
             }

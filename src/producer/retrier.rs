@@ -193,6 +193,14 @@ impl RetryQueue {
         }
     }
 
+    /// Every record waiting, taken out (the pipeline is stopping).
+    pub fn take_all(&mut self) -> Vec<KinesisRecordOut> {
+        std::mem::take(&mut self.heap)
+            .into_iter()
+            .map(|d| d.0.record)
+            .collect()
+    }
+
     /// When the next record's backoff is over.
     pub fn next_due(&self) -> Option<Instant> {
         self.heap.peek().map(|d| d.0.at)

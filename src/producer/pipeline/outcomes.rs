@@ -26,9 +26,12 @@ impl Pipeline {
         let Some(mut call) = self.sender.complete(completed.id) else {
             return;
         };
-        let mut calls = std::mem::take(&mut call.records);
+        // Kept in the pipeline's state while they are read (see `answering`), last first.
+        self.answering = std::mem::take(&mut call.records);
+        self.answering.reverse();
+        let sent = self.answering.len();
         let now = Instant::now();
-        self.metrics.request_time(completed.elapsed, calls.len());
+        self.metrics.request_time(completed.elapsed, sent);
         let attempt = |error: Option<AttemptError>| CallAttempt {
             started: call.started,
             duration: completed.elapsed,
@@ -38,8 +41,8 @@ impl Pipeline {
             Err(error) => {
                 let (error, retryable) = classify_call_error(&error);
                 tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
-                self.metrics.error(&error.code, calls.len());
-                for mut record in calls.drain(..) {
+                self.metrics.error(&error.code, sent);
+                while let Some(mut record) = self.answering.pop() {
                     record.attempts.push(attempt(Some(error.clone())));
                     if retryable {
                         self.retry(record, now);
@@ -48,17 +51,18 @@ impl Pipeline {
                     }
                 }
             }
-            Ok(results) if results.len() != calls.len() => {
-                let error = mismatch_error(calls.len(), results.len());
+            Ok(results) if results.len() != sent => {
+                let error = mismatch_error(sent, results.len());
                 tracing::warn!(stream = %self.stream, "{}", error.message);
-                self.metrics.error(&error.code, calls.len());
-                for mut record in calls.drain(..) {
+                self.metrics.error(&error.code, sent);
+                while let Some(mut record) = self.answering.pop() {
                     record.attempts.push(attempt(Some(error.clone())));
                     self.retry(record, now);
                 }
             }
             Ok(results) => {
-                for (mut record, result) in calls.drain(..).zip(results) {
+                for result in results {
+                    let mut record = self.answering.pop().expect("one record per result");
                     match classify_entry(result, &record) {
                         EntryOutcome::Stored {
                             shard_id,
@@ -108,7 +112,7 @@ impl Pipeline {
                 }
             }
         }
-        self.collector.recycle(calls);
+        self.collector.recycle(std::mem::take(&mut self.answering));
     }
 
     /// Attempts made so far for `record`'s user records (the most any of them had).
