@@ -229,15 +229,16 @@ impl Pipeline {
     pub(super) fn on_new_map(&mut self, map: ShardMap) {
         tracing::info!(stream = %self.stream, shards = map.len(), version = map.version(), "shard map refreshed");
         self.refresh = None;
-        // Everything built under the old map is checked against the new one before it is sent.
-        self.aggregator.finish_all(&mut self.finished);
-        self.map = map;
-        self.grouping = Grouping::ByShard;
-        let mut queued: Vec<KinesisRecordOut> = std::mem::take(&mut self.finished);
+        // Everything built under the old map is checked against the new one before it is sent,
+        // in each shard's send order: what its queue holds, then its open aggregate.
+        let mut queued: Vec<KinesisRecordOut> = Vec::new();
         for shard in self.shards.values_mut() {
             queued.extend(shard.queue.drain(..));
             shard.listed = false;
         }
+        self.aggregator.finish_all(&mut queued);
+        self.map = map;
+        self.grouping = Grouping::ByShard;
         self.waiting.clear();
         let open: std::collections::HashSet<&str> =
             self.map.shards().iter().map(|s| &*s.id).collect();
