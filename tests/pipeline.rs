@@ -749,11 +749,26 @@ async fn the_largest_allowed_durations_run_without_overflow() {
 }
 
 /// A [`KinesisApi`](kpl::client::KinesisApi) over a [`MemoryKinesis`] whose PutRecords calls
-/// panic as `panic_on(call index)` says: in the call itself, or in its future.
-struct Panicking {
+/// panic as `panic_on(call index)` says (in the call itself, or in its future), and whose
+/// ListShards calls fail as `list_fails(call index)` says (call 0 lists for `Producer::new`).
+struct Scripted {
     inner: Arc<MemoryKinesis>,
     calls: AtomicU64,
     panic_on: fn(u64) -> Option<PanicAt>,
+    lists: AtomicU64,
+    list_fails: fn(u64) -> Option<ApiError>,
+}
+
+impl Scripted {
+    fn new(inner: &Arc<MemoryKinesis>) -> Self {
+        Scripted {
+            inner: inner.clone(),
+            calls: AtomicU64::new(0),
+            panic_on: |_| None,
+            lists: AtomicU64::new(0),
+            list_fails: |_| None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -762,7 +777,7 @@ enum PanicAt {
     Future,
 }
 
-impl kpl::client::KinesisApi for Panicking {
+impl kpl::client::KinesisApi for Scripted {
     fn put_records(
         &self,
         stream: &kpl::client::StreamId,
@@ -785,7 +800,11 @@ impl kpl::client::KinesisApi for Panicking {
         stream: &kpl::client::StreamId,
         next_token: Option<String>,
     ) -> kpl::client::BoxFuture<'static, Result<kpl::client::ListShardsPage, ApiError>> {
-        self.inner.list_shards(stream, next_token)
+        let index = self.lists.fetch_add(1, Ordering::SeqCst);
+        match (self.list_fails)(index) {
+            Some(error) => Box::pin(async move { Err(error) }),
+            None => self.inner.list_shards(stream, next_token),
+        }
     }
 
     fn describe_stream_summary(
@@ -801,14 +820,13 @@ impl kpl::client::KinesisApi for Panicking {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_client_call_is_retried_like_an_error() {
     let fake = Arc::new(MemoryKinesis::new(1));
-    let api = Arc::new(Panicking {
-        inner: fake.clone(),
-        calls: AtomicU64::new(0),
+    let api = Arc::new(Scripted {
         panic_on: |i| match i {
             0 => Some(PanicAt::Call),
             1 => Some(PanicAt::Future),
             _ => None,
         },
+        ..Scripted::new(&fake)
     });
     let p = Producer::new(api, STREAM, ProducerConfig::default())
         .await
@@ -1124,4 +1142,41 @@ async fn a_refresh_keeps_an_untouched_shard_s_send_order() {
             "strict_ordering {strict_ordering}: the steady key's records are stored in send order"
         );
     }
+}
+
+/// Without aggregation, a record stored on a shard other than the predicted one (a split the
+/// producer has not seen) refreshes the shard map: the children are then paced as two shards,
+/// each at its own rate, instead of as one.
+#[tokio::test(start_paused = true)]
+async fn a_lone_record_on_an_unexpected_shard_refreshes_the_map() {
+    let fake = Arc::new(MemoryKinesis::new(1));
+    let api = Arc::new(Scripted::new(&fake));
+    let config = ProducerConfig {
+        aggregation_enabled: false,
+        rate_limit_percent: 100,
+        ..Default::default()
+    };
+    let p = Producer::new(api.clone(), STREAM, config).await.unwrap();
+    for r in outcomes(send_all(&p, (0..100).map(|i| record(i, 50)).collect()).await).await {
+        r.expect("stored");
+    }
+    let parent = fake.shards()[0].clone();
+    let children = fake.split_shard(&parent.shard_id, HashKey(parent.hash_range.end.0 / 2));
+    let listed = api.lists.load(Ordering::SeqCst);
+    for r in outcomes(send_all(&p, (100..200).map(|i| record(i, 50)).collect()).await).await {
+        let receipt = r.expect("stored");
+        assert!(children.iter().any(|c| **c == *receipt.shard_id));
+    }
+    assert!(
+        api.lists.load(Ordering::SeqCst) > listed,
+        "records stored on the children refresh the map"
+    );
+    // 8 000 records over both children: ~4 s at 2 x 1 000 records/s, ~8 s paced as one shard.
+    let start = Instant::now();
+    for r in outcomes(send_all(&p, (0..8_000).map(|i| record(i, 500)).collect()).await).await {
+        r.expect("stored");
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    p.shutdown().await.unwrap();
 }

@@ -74,6 +74,20 @@ impl Pipeline {
                             }
                             self.resolve_stored(record, shard_id, sequence_number);
                         }
+                        EntryOutcome::StoredElsewhere {
+                            shard_id,
+                            sequence_number,
+                        } => {
+                            tracing::info!(
+                                stream = %self.stream,
+                                predicted = %record.shard,
+                                actual = %shard_id,
+                                "a record landed on an unexpected shard: refreshing the shard map"
+                            );
+                            record.attempts.push(attempt(None));
+                            self.resolve_stored(record, shard_id, sequence_number);
+                            self.request_refresh();
+                        }
                         EntryOutcome::WrongShard {
                             shard_id,
                             sequence_number,
