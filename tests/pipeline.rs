@@ -1180,3 +1180,116 @@ async fn a_lone_record_on_an_unexpected_shard_refreshes_the_map() {
     assert!(took < Duration::from_secs(6), "took {took:?}");
     p.shutdown().await.unwrap();
 }
+
+/// Records of aggregates that landed on a split's child wait for a refreshed map; here every
+/// ListShards after the first fails with `error`. Returns every outcome of the records sent
+/// to the split shard after the split, and how long a flush took.
+async fn wait_for_a_map_that_never_comes(
+    list_fails: fn(u64) -> Option<ApiError>,
+    config: ProducerConfig,
+) -> (Vec<Result<Receipt, RecordFailure>>, Duration) {
+    let fake = Arc::new(MemoryKinesis::new(2));
+    let api = Arc::new(Scripted {
+        list_fails,
+        ..Scripted::new(&fake)
+    });
+    let p = Producer::new(api, STREAM, config).await.unwrap();
+    let parent = fake.shards()[0].clone();
+    fake.split_shard(&parent.shard_id, HashKey(parent.hash_range.end.0 / 2));
+    // Many keys of the split shard: multi-key aggregates, stored across the new boundary.
+    let records: Vec<_> = (0..200)
+        .map(|i| UserRecord::new(key_in(parent.hash_range, &format!("k{i}")), "data"))
+        .collect();
+    let futures = send_all(&p, records).await;
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3_600), p.flush())
+        .await
+        .expect("flush returns")
+        .expect("flushed");
+    let took = start.elapsed();
+    let results = tokio::time::timeout(Duration::from_millis(1), outcomes(futures))
+        .await
+        .expect("resolved when flush returned");
+    p.shutdown().await.unwrap();
+    (results, took)
+}
+
+fn failures(results: &[Result<Receipt, RecordFailure>]) -> Vec<&RecordFailure> {
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        !failed.is_empty(),
+        "some aggregates landed across the split"
+    );
+    for f in &failed {
+        assert!(f.record.is_some());
+    }
+    failed
+}
+
+/// ListShards keeps failing with a retryable error: the waiting records expire at their TTL
+/// (saying they may be stored) and flush returns, instead of waiting forever.
+#[tokio::test(start_paused = true)]
+async fn records_waiting_for_a_map_expire_when_list_shards_keeps_failing() {
+    let config = ProducerConfig {
+        record_ttl: Duration::from_secs(5),
+        max_attempts: 1_000,
+        ..Default::default()
+    };
+    let (results, took) = wait_for_a_map_that_never_comes(
+        |i| (i > 0).then(|| ApiError::service("LimitExceededException", Some(400), "slow down")),
+        config,
+    )
+    .await;
+    for f in failures(&results) {
+        assert!(matches!(f.reason, FailureReason::Expired { .. }), "{f}");
+        let text = f.to_string();
+        assert!(text.contains("LimitExceededException"), "{text}");
+        assert!(text.contains("may be stored"), "{text}");
+    }
+    assert!(took <= Duration::from_secs(6), "{took:?}");
+}
+
+/// ... and with fewer attempts than the TTL allows, they run out of attempts first: every
+/// failed ListShards counts as an attempt of each waiting record.
+#[tokio::test(start_paused = true)]
+async fn records_waiting_for_a_map_run_out_of_attempts() {
+    let config = ProducerConfig {
+        max_attempts: 3,
+        ..Default::default()
+    };
+    let (results, took) = wait_for_a_map_that_never_comes(
+        |i| (i > 0).then(|| ApiError::timeout(Duration::from_secs(1))),
+        config,
+    )
+    .await;
+    for f in failures(&results) {
+        assert!(
+            matches!(
+                f.reason,
+                FailureReason::AttemptsExhausted {
+                    max_attempts: 3,
+                    ..
+                }
+            ),
+            "{f}"
+        );
+    }
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A fatal ListShards error (the stream is gone) fails the waiting records at once.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_list_shards_error_fails_the_waiting_records() {
+    let (results, took) = wait_for_a_map_that_never_comes(
+        |i| (i > 0).then(|| ApiError::service("ResourceNotFoundException", Some(400), "gone")),
+        ProducerConfig::default(),
+    )
+    .await;
+    for f in failures(&results) {
+        let FailureReason::Fatal { code, .. } = &f.reason else {
+            panic!("{f}");
+        };
+        assert_eq!(code, "ResourceNotFoundException");
+    }
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}

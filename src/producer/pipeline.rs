@@ -15,7 +15,6 @@ use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
-use crate::producer::backoff::Backoff;
 use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
@@ -33,8 +32,10 @@ use crate::producer::unwind::catch;
 use crate::record::UserRecord;
 
 mod outcomes;
+mod refresh;
 mod teardown;
 use outcomes::outlived;
+pub(crate) use refresh::Refresh;
 
 /// Records taken from the input channel per wake-up.
 const INPUT_BATCH: usize = 1024;
@@ -60,7 +61,7 @@ pub(crate) type Ack = oneshot::Sender<Result<(), FlushError>>;
 /// What woke the pipeline task.
 enum Event {
     Completed(Completed),
-    Map(ShardMap),
+    Refresh(Refresh),
     /// Inputs are in the buffer.
     Input,
     Timer,
@@ -106,7 +107,9 @@ pub(crate) struct Pipeline {
     map: ShardMap,
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
-    map_tx: mpsc::UnboundedSender<ShardMap>,
+    map_tx: mpsc::UnboundedSender<Refresh>,
+    /// The last ListShards failure while records wait for a map.
+    list_error: Option<String>,
     routes: RouteCache,
 
     aggregator: Aggregator,
@@ -156,6 +159,8 @@ struct Misplaced {
     shard_id: String,
     sequence_number: String,
     attempt: CallAttempt,
+    /// ListShards calls that failed while it waited: each counts as one of its attempts.
+    waits: u32,
 }
 
 impl Pipeline {
@@ -170,7 +175,7 @@ impl Pipeline {
     ) -> (
         Self,
         mpsc::UnboundedReceiver<Completed>,
-        mpsc::UnboundedReceiver<ShardMap>,
+        mpsc::UnboundedReceiver<Refresh>,
     ) {
         let (sender, done_rx) = Sender::new(
             api.clone(),
@@ -194,6 +199,7 @@ impl Pipeline {
             grouping: Grouping::ByShard,
             refresh: None,
             map_tx,
+            list_error: None,
             routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
             aggregator,
             shards: HashMap::new(),
@@ -229,7 +235,7 @@ impl Pipeline {
         mut self,
         mut input: mpsc::UnboundedReceiver<Input>,
         mut done: mpsc::UnboundedReceiver<Completed>,
-        mut maps: mpsc::UnboundedReceiver<ShardMap>,
+        mut maps: mpsc::UnboundedReceiver<Refresh>,
     ) {
         let mut buf = Vec::with_capacity(INPUT_BATCH);
         let mut input_open = true;
@@ -238,7 +244,7 @@ impl Pipeline {
             let event = tokio::select! {
                 biased;
                 Some(completed) = done.recv() => Event::Completed(completed),
-                Some(map) = maps.recv() => Event::Map(map),
+                Some(refresh) = maps.recv() => Event::Refresh(refresh),
                 n = input.recv_many(&mut buf, INPUT_BATCH), if input_open => {
                     if n == 0 {
                         input_open = false;
@@ -286,7 +292,8 @@ impl Pipeline {
                     self.on_completed(completed);
                 }
             }
-            Event::Map(map) => self.on_new_map(map),
+            Event::Refresh(Refresh::Map(map)) => self.on_new_map(map),
+            Event::Refresh(Refresh::Failed(error)) => self.on_refresh_failed(error),
             Event::Input => {
                 if !input_open {
                     self.closing = true;
@@ -474,6 +481,7 @@ impl Pipeline {
         for record in expired {
             self.scatter(record, now);
         }
+        self.expire_misplaced(now);
         self.settle_flushes();
     }
 
@@ -490,6 +498,7 @@ impl Pipeline {
         }
         consider(self.retries.next_due());
         consider(self.limiter_wake);
+        consider(self.misplaced_deadline());
         wake.map(|w| w.max(later(now, MIN_SLEEP)))
     }
 
@@ -618,36 +627,6 @@ impl Pipeline {
                 .buffering_time(now.saturating_duration_since(record.oldest()));
         }
         self.sender.send(batch, now);
-    }
-
-    /// Starts a background ListShards (with backoff on failure); until it answers, only records
-    /// of one hash key are aggregated together.
-    fn request_refresh(&mut self) {
-        self.grouping = Grouping::ByHashKey;
-        if self.refresh.is_some() {
-            return;
-        }
-        let api = self.api.clone();
-        let stream = self.stream.clone();
-        let version = self.map.version() + 1;
-        let tx = self.map_tx.clone();
-        let mut backoff = Backoff::new(&self.config.backoff);
-        self.refresh = Some(tokio::spawn(async move {
-            let mut attempt = 0;
-            loop {
-                match ShardMap::load(&*api, &stream, version).await {
-                    Ok(map) => {
-                        let _ = tx.send(map);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(stream = %stream, %error, "ListShards failed; retrying");
-                        tokio::time::sleep(backoff.delay_for_attempt(attempt)).await;
-                        attempt = attempt.saturating_add(1);
-                    }
-                }
-            }
-        }));
     }
 
     /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.

@@ -10,15 +10,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Misplaced, Pipeline};
-use crate::producer::aggregator::{Grouping, KinesisRecordOut};
+use crate::producer::aggregator::KinesisRecordOut;
 use crate::producer::clock::later;
 use crate::producer::error::{FailureReason, RecordFailure};
 use crate::producer::record::{AttemptError, CallAttempt, RecordState, Reply, StoredKinesisRecord};
-use crate::producer::retrier::{
-    EntryOutcome, classify_call_error, classify_entry, mismatch_error, wrong_shard_error,
-};
+use crate::producer::retrier::{EntryOutcome, classify_call_error, classify_entry, mismatch_error};
 use crate::producer::sender::Completed;
-use crate::producer::shard_map::ShardMap;
 use crate::record::UserRecord;
 
 impl Pipeline {
@@ -103,6 +100,7 @@ impl Pipeline {
                                 shard_id,
                                 sequence_number,
                                 attempt: attempt(None),
+                                waits: 0,
                             });
                             self.request_refresh();
                         }
@@ -130,7 +128,7 @@ impl Pipeline {
     }
 
     /// Attempts made so far for `record`'s user records (the most any of them had).
-    fn attempts_made(record: &KinesisRecordOut) -> u32 {
+    pub(super) fn attempts_made(record: &KinesisRecordOut) -> u32 {
         let prior = record
             .records
             .iter()
@@ -172,7 +170,11 @@ impl Pipeline {
 
     /// Checks a Kinesis record built under an older shard map against the current one. Records
     /// that still land correctly are kept (re-targeted); the rest go back to the aggregator.
-    fn recheck(&mut self, mut record: KinesisRecordOut, now: Instant) -> Option<KinesisRecordOut> {
+    pub(super) fn recheck(
+        &mut self,
+        mut record: KinesisRecordOut,
+        now: Instant,
+    ) -> Option<KinesisRecordOut> {
         if record.map_version == self.map.version() {
             return Some(record);
         }
@@ -240,57 +242,7 @@ impl Pipeline {
             })
     }
 
-    pub(super) fn on_new_map(&mut self, map: ShardMap) {
-        tracing::info!(stream = %self.stream, shards = map.len(), version = map.version(), "shard map refreshed");
-        self.refresh = None;
-        // Everything built under the old map is checked against the new one before it is sent,
-        // in each shard's send order: what its queue holds, then its open aggregate.
-        let mut queued: Vec<KinesisRecordOut> = Vec::new();
-        for shard in self.shards.values_mut() {
-            queued.extend(shard.queue.drain(..));
-            shard.listed = false;
-        }
-        self.aggregator.finish_all(&mut queued);
-        self.map = map;
-        self.grouping = Grouping::ByShard;
-        self.waiting.clear();
-        let open: std::collections::HashSet<&str> =
-            self.map.shards().iter().map(|s| &*s.id).collect();
-        self.shards.retain(|id, _| open.contains(&**id));
-        let now = Instant::now();
-        for record in queued {
-            if let Some(record) = self.recheck(record, now) {
-                self.enqueue(record, now);
-            }
-        }
-        // Aggregates stored on an unexpected shard: delivered by the KCL if all their records
-        // lie in that shard's range (e.g. a merge), else sent again (e.g. a split).
-        for m in std::mem::take(&mut self.misplaced) {
-            let Misplaced {
-                mut record,
-                shard_id,
-                sequence_number,
-                mut attempt,
-            } = m;
-            let fits = self
-                .map
-                .range_of(&shard_id)
-                .is_some_and(|range| record.records.iter().all(|r| range.contains(r.hash_key)));
-            if fits {
-                record.attempts.push(attempt);
-                self.resolve_stored(record, Arc::from(shard_id), Arc::from(sequence_number));
-            } else {
-                let error = wrong_shard_error(&record.shard, &shard_id, &sequence_number);
-                tracing::info!(stream = %self.stream, "{}", error.message);
-                self.metrics.error(&error.code, 1);
-                attempt.error = Some(error);
-                record.attempts.push(attempt);
-                self.scatter(record, now);
-            }
-        }
-    }
-
-    fn resolve_stored(
+    pub(super) fn resolve_stored(
         &mut self,
         mut record: KinesisRecordOut,
         shard_id: Arc<str>,
@@ -334,7 +286,7 @@ impl Pipeline {
         }
     }
 
-    fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
+    pub(super) fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
         let reason = FailureReason::Fatal {
             code: error.code.clone(),
             message: error.message.clone(),
