@@ -802,6 +802,10 @@ impl kpl::client::KinesisApi for Scripted {
     ) -> kpl::client::BoxFuture<'static, Result<kpl::client::ListShardsPage, ApiError>> {
         let index = self.lists.fetch_add(1, Ordering::SeqCst);
         match (self.list_fails)(index) {
+            // A code of "Hang": the call never answers.
+            Some(error) if error.code.as_deref() == Some("Hang") => {
+                Box::pin(std::future::pending())
+            }
             Some(error) => Box::pin(async move { Err(error) }),
             None => self.inner.list_shards(stream, next_token),
         }
@@ -1247,6 +1251,27 @@ async fn records_waiting_for_a_map_expire_when_list_shards_keeps_failing() {
         assert!(text.contains("may be stored"), "{text}");
     }
     assert!(took <= Duration::from_secs(6), "{took:?}");
+}
+
+/// ListShards never answers: each call times out, and the waiting records still expire at
+/// their TTL.
+#[tokio::test(start_paused = true)]
+async fn records_waiting_for_a_map_expire_when_list_shards_hangs() {
+    let config = ProducerConfig {
+        record_ttl: Duration::from_secs(20),
+        max_attempts: 1_000,
+        ..Default::default()
+    };
+    let (results, took) = wait_for_a_map_that_never_comes(
+        |i| (i > 0).then(|| ApiError::service("Hang", None, "")),
+        config,
+    )
+    .await;
+    for f in failures(&results) {
+        assert!(matches!(f.reason, FailureReason::Expired { .. }), "{f}");
+        assert!(f.to_string().contains("may be stored"), "{f}");
+    }
+    assert!(took <= Duration::from_secs(21), "{took:?}");
 }
 
 /// ... and with fewer attempts than the TTL allows, they run out of attempts first: every
