@@ -73,7 +73,7 @@ fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64, mode: 
                     }
                 }
             }
-            producer.flush().await;
+            producer.flush().await.expect("every record seen through");
             for f in futures {
                 f.await.unwrap();
             }
@@ -84,7 +84,10 @@ fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64, mode: 
             }
             total += start.elapsed();
         }
-        producer.shutdown().await;
+        producer
+            .shutdown()
+            .await
+            .expect("every record seen through");
         total
     })
 }

@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tx.send(future).await?;
     }
     drop(tx);
-    producer.shutdown().await;
+    producer.shutdown().await?;
     let (stored, failed) = collector.await?;
     println!("stored {stored}, failed {failed}; {:?}", producer.metrics());
     Ok(())

@@ -54,6 +54,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    producer.shutdown().await;
+    producer.shutdown().await?;
     Ok(())
 }

@@ -28,6 +28,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.sequence_number, r.sub_sequence_number, r.shard_id
         );
     }
-    producer.shutdown().await;
+    producer.shutdown().await?;
     Ok(())
 }

@@ -26,7 +26,7 @@
 //! let producer = Producer::from_sdk_config(&sdk, "my-stream", ProducerConfig::default()).await?;
 //! let receipt = producer.send(kpl::UserRecord::new("key", "data")).await?.await?;
 //! println!("{} {}", receipt.shard_id, receipt.sequence_number);
-//! producer.shutdown().await;
+//! producer.shutdown().await?;
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code)]

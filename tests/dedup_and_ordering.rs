@@ -89,7 +89,7 @@ async fn dedup_ids_remove_the_duplicates_of_lost_responses() {
         for f in futures {
             receipts.push(f.await.expect("stored"));
         }
-        p.shutdown().await;
+        p.shutdown().await.expect("every record seen through");
 
         let read = read_back(&fake.stored());
         assert!(
@@ -155,7 +155,7 @@ async fn a_record_too_large_to_carry_its_dedup_id_fails_at_send() {
         }
         other => panic!("{other:?}"),
     }
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     let stored = fake.stored();
     assert_eq!(stored.len(), 1);
     assert!(stored[0].data.len() + stored[0].partition_key.len() <= 10_000);
@@ -223,7 +223,7 @@ async fn strict_ordering_stores_each_key_in_send_order_under_throttling() {
         for f in futures {
             f.await.expect("stored in the end");
         }
-        p.shutdown().await;
+        p.shutdown().await.expect("every record seen through");
         let read = read_back(&fake.stored());
         assert_eq!(
             read.len(),
@@ -290,7 +290,7 @@ async fn strict_ordering_holds_on_kpl_sim_with_30_percent_throttled() {
         f.await.expect("stored in the end");
     }
     let m = p.metrics();
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     assert!(
         m.throttled_entries > 10,
         "the faults fired: {} throttled entries",

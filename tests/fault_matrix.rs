@@ -147,7 +147,10 @@ async fn run(c: Case) -> Row {
     }
     let seconds = start.elapsed().as_secs_f64();
     let m = producer.metrics();
-    producer.shutdown().await;
+    producer
+        .shutdown()
+        .await
+        .expect("every record seen through");
     let stats = sim.stats();
     assert!(
         (c.fired)(&stats),

@@ -101,7 +101,7 @@ async fn kinesalite_round_trip_plain_aggregated_and_compressed() {
     let p = producer(&api, "s", ProducerConfig::default()).await;
     let first = records(0, 20_000, 1000);
     let mut receipts = put_all(&p, first.clone()).await;
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     let zstd = producer(
         &api,
@@ -115,7 +115,7 @@ async fn kinesalite_round_trip_plain_aggregated_and_compressed() {
     let second = records(20_000, 30_000, 1000);
     receipts.extend(put_all(&zstd, second.clone()).await);
     let m = zstd.metrics();
-    zstd.shutdown().await;
+    zstd.shutdown().await.expect("every record seen through");
     assert!(m.user_records_per_kinesis_record > 10.0, "{m:?}");
 
     let single = producer(
@@ -129,7 +129,7 @@ async fn kinesalite_round_trip_plain_aggregated_and_compressed() {
     .await;
     let third = records(30_000, 31_000, 1000);
     receipts.extend(put_all(&single, third.clone()).await);
-    single.shutdown().await;
+    single.shutdown().await.expect("every record seen through");
 
     let sent: Vec<_> = first.into_iter().chain(second).chain(third).collect();
     let read = read_all(&api, "s").await;
@@ -168,7 +168,7 @@ async fn kinesalite_split_and_merge_mid_run() {
     receipts.extend(put_all(&p, batch.clone()).await);
     sent.extend(batch);
     let m = p.metrics();
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
 
     let read = read_all(&api, "r").await;
     let checked = check_read_back(&sent, &receipts, &read);
@@ -201,7 +201,7 @@ async fn kinesis_local_update_shard_count_mid_run() {
     let batch = records(1_500, 3_000, 200);
     receipts.extend(put_all(&p, batch.clone()).await);
     sent.extend(batch);
-    p.shutdown().await;
+    p.shutdown().await.expect("every record seen through");
     let read = read_all(&api, "u").await;
     let checked = check_read_back(&sent, &receipts, &read);
     assert_eq!(checked.duplicates, 0, "the KCL sees every record once");

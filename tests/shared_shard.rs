@@ -92,7 +92,7 @@ async fn two_producers_on_one_shard_share_it_and_throttling_settles() {
     // Nothing is lost: every record offered is stored in the end.
     for (p, load) in producers.iter().zip(loads) {
         let futures = load.await.unwrap();
-        p.flush().await;
+        p.flush().await.expect("every record seen through");
         for f in futures {
             f.await.expect("stored");
         }

@@ -15,6 +15,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use crate::producer::clock::later;
+
 use crate::client::PutRecordsEntry;
 use crate::codec::aggregate::{AggregateBuilder, AggregateLimits, Full, KeySlot, Unsealed};
 use crate::codec::deaggregate::Deaggregator;
@@ -364,7 +366,7 @@ impl Aggregator {
         // The buffered time counts from when the record reached the pipeline: a record that
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
-        let deadline = state.received.max(Instant::now()) + self.max_buffered_time;
+        let deadline = later(state.received.max(Instant::now()), self.max_buffered_time);
         let shard = map.shard(index).id.clone();
         let capacity = self.list_capacity.min(self.limits.max_count);
         let mut records = match self.spare_lists.pop() {
@@ -452,7 +454,7 @@ impl Aggregator {
                 .expect("a deadline has its aggregate");
             if backlogged(&open.shard) {
                 self.deadlines.remove(&(check, key));
-                open.check = now + recheck;
+                open.check = later(now, recheck);
                 self.deadlines.insert((open.check, key));
             } else {
                 self.finish(key, out);

@@ -30,6 +30,14 @@ pub const DEFAULT_RECORD_MAX_BUFFERED_TIME_MS: u64 = 100;
 pub const DEFAULT_RECORD_TTL_MS: u64 = 30_000;
 /// KPL `RequestTimeout`: one PutRecords attempt.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 6_000;
+/// Longest allowed `record_max_buffered_time`: an hour (the KPL's own limit is 10 minutes).
+pub const MAX_RECORD_MAX_BUFFERED_TIME_SECS: u64 = 60 * 60;
+/// Longest allowed `record_ttl`: 7 days, enough for records to wait out a day-long outage.
+pub const MAX_RECORD_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+/// Longest allowed `request_timeout`: an hour.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 60 * 60;
+/// Longest allowed backoff `cap` (and so `base`): an hour.
+pub const MAX_BACKOFF_CAP_SECS: u64 = 60 * 60;
 /// KPL `RateLimit`: per-shard rate as a percentage of the shard's limits.
 pub const DEFAULT_RATE_LIMIT_PERCENT: u32 = 150;
 /// Attempts per record, the first one included.
@@ -84,11 +92,13 @@ pub struct ProducerConfig {
     pub collection_max_count: usize,
     /// Most bytes (partition keys + data) in one PutRecords call (up to 5 MiB). Default 5 MiB.
     pub collection_max_size: usize,
-    /// Longest a record waits for its aggregate and call to fill before it is sent. Default 100 ms.
+    /// Longest a record waits for its aggregate and call to fill before it is sent. Default 100 ms,
+    /// at most an hour.
     pub record_max_buffered_time: Duration,
-    /// A record not stored within this time after `send` fails with `Expired`. Default 30 s.
+    /// A record not stored within this time after `send` fails with `Expired`. Default 30 s, at most
+    /// 7 days.
     pub record_ttl: Duration,
-    /// Timeout of one PutRecords attempt. Default 6 s.
+    /// Timeout of one PutRecords attempt. Default 6 s, 10 ms to an hour.
     pub request_timeout: Duration,
     /// Per-shard rate ceiling, in percent of the shard's 1000 records/s and 1 MiB/s. Default 150
     /// (the KPL's name and default). Each shard starts at 97 % of its real limit (or this, if
@@ -100,7 +110,8 @@ pub struct ProducerConfig {
     pub rate_limit_enabled: bool,
     /// Most attempts per record, the first one included. Default 20.
     pub max_attempts: u32,
-    /// Delay between attempts: full-jitter exponential from `base` up to `cap`.
+    /// Delay between attempts: full-jitter exponential from `base` up to `cap`
+    /// (at most an hour).
     pub backoff: BackoffConfig,
     /// `send` waits (and `try_send` fails) while this many records are unresolved. Default 200 000.
     pub max_outstanding_records: usize,
@@ -219,16 +230,24 @@ impl ProducerConfig {
             "1 byte to 5 MiB (PutRecords' size limit)",
         )?;
         check(
-            self.record_ttl > Duration::ZERO,
-            "record_ttl",
-            self.record_ttl,
-            "more than zero",
+            self.record_max_buffered_time <= Duration::from_secs(MAX_RECORD_MAX_BUFFERED_TIME_SECS),
+            "record_max_buffered_time",
+            self.record_max_buffered_time,
+            "at most an hour (MAX_RECORD_MAX_BUFFERED_TIME_SECS)",
         )?;
         check(
-            self.request_timeout >= Duration::from_millis(10),
+            self.record_ttl > Duration::ZERO
+                && self.record_ttl <= Duration::from_secs(MAX_RECORD_TTL_SECS),
+            "record_ttl",
+            self.record_ttl,
+            "more than zero and at most 7 days (MAX_RECORD_TTL_SECS)",
+        )?;
+        check(
+            self.request_timeout >= Duration::from_millis(10)
+                && self.request_timeout <= Duration::from_secs(MAX_REQUEST_TIMEOUT_SECS),
             "request_timeout",
             self.request_timeout,
-            "at least 10 ms",
+            "at least 10 ms and at most an hour (MAX_REQUEST_TIMEOUT_SECS)",
         )?;
         check(
             (1..=1000).contains(&self.rate_limit_percent),
@@ -243,10 +262,12 @@ impl ProducerConfig {
             "at least 1",
         )?;
         check(
-            self.backoff.base > Duration::ZERO && self.backoff.base <= self.backoff.cap,
+            self.backoff.base > Duration::ZERO
+                && self.backoff.base <= self.backoff.cap
+                && self.backoff.cap <= Duration::from_secs(MAX_BACKOFF_CAP_SECS),
             "backoff",
             self.backoff,
-            "base more than zero and no more than cap",
+            "base more than zero and no more than cap, cap at most an hour (MAX_BACKOFF_CAP_SECS)",
         )?;
         check(
             self.max_outstanding_records >= 1 && self.max_outstanding_records <= u32::MAX as usize,
@@ -333,6 +354,77 @@ mod tests {
         for c in bad {
             let err = c.validate().unwrap_err();
             assert!(!err.requirement.is_empty(), "{err}");
+        }
+    }
+
+    /// Durations past what the clock can add to `now` panicked the pipeline; they are refused,
+    /// each naming its field, and the largest allowed values pass.
+    #[test]
+    fn durations_that_would_overflow_the_clock_are_refused() {
+        let huge = Duration::MAX;
+        let bad: [(&str, ProducerConfig); 5] = [
+            (
+                "record_ttl",
+                ProducerConfig {
+                    record_ttl: huge,
+                    ..Default::default()
+                },
+            ),
+            (
+                "record_max_buffered_time",
+                ProducerConfig {
+                    record_max_buffered_time: huge,
+                    ..Default::default()
+                },
+            ),
+            (
+                "request_timeout",
+                ProducerConfig {
+                    request_timeout: huge,
+                    ..Default::default()
+                },
+            ),
+            (
+                "backoff",
+                ProducerConfig {
+                    backoff: BackoffConfig {
+                        base: Duration::from_millis(100),
+                        cap: huge,
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "backoff",
+                ProducerConfig {
+                    backoff: BackoffConfig {
+                        base: huge,
+                        cap: huge,
+                    },
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, c) in bad {
+            let err = c.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        largest()
+            .validate()
+            .expect("the largest allowed durations are valid");
+    }
+
+    /// Every duration at its largest allowed value.
+    pub(crate) fn largest() -> ProducerConfig {
+        ProducerConfig {
+            record_ttl: Duration::from_secs(MAX_RECORD_TTL_SECS),
+            record_max_buffered_time: Duration::from_secs(MAX_RECORD_MAX_BUFFERED_TIME_SECS),
+            request_timeout: Duration::from_secs(MAX_REQUEST_TIMEOUT_SECS),
+            backoff: BackoffConfig {
+                base: Duration::from_secs(MAX_BACKOFF_CAP_SECS),
+                cap: Duration::from_secs(MAX_BACKOFF_CAP_SECS),
+            },
+            ..Default::default()
         }
     }
 }

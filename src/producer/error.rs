@@ -55,9 +55,18 @@ pub enum SendErrorReason {
         "the producer's buffer is full (max_outstanding_records / max_outstanding_bytes): wait for receipts or use send(), which waits for room"
     )]
     Full,
-    /// The producer was shut down.
+    /// The producer was shut down or aborted.
     #[error("the producer has been shut down: records can no longer be sent")]
     Closed,
+    /// The producer's pipeline task failed (a bug: please report it) and takes no more
+    /// records.
+    #[error(
+        "the producer's pipeline task failed ({message}) and takes no more records: create a new producer"
+    )]
+    PipelineFailed {
+        /// What the task's panic said.
+        message: String,
+    },
     /// `send_batch` only: the batch needs more room than the whole buffer has, so it could
     /// never be taken.
     #[error(
@@ -95,8 +104,8 @@ pub struct RecordFailure {
     pub reason: FailureReason,
     /// Every PutRecords attempt that carried it, in order.
     pub attempts: Vec<Attempt>,
-    /// The record, so the caller can log, spool or resend it. `None` only if the producer's
-    /// task died (a bug): then nothing more is known.
+    /// The record, so the caller can log, spool or resend it. `None` only with
+    /// [`FailureReason::Lost`].
     pub record: Option<UserRecord>,
 }
 
@@ -133,7 +142,61 @@ pub enum FailureReason {
         /// The last attempt's error.
         last_error: String,
     },
-    /// The producer task stopped before the record was resolved (a bug: please report it).
-    #[error("the producer stopped before the record was resolved")]
+    /// [`Producer::abort`](crate::producer::Producer::abort) was called before the record was
+    /// resolved.
+    #[error("the producer was aborted before the record was resolved; {}", stored_note(*.maybe_stored))]
+    Aborted {
+        /// A PutRecords call carried it (one was in flight, or an earlier one timed out), so it
+        /// may or may not be stored; `false`: it was not stored.
+        maybe_stored: bool,
+    },
+    /// The producer's pipeline task failed (a bug: please report it) before the record was
+    /// resolved; the producer takes no more records.
+    #[error(
+        "the producer's pipeline task failed ({message}) before the record was resolved, so it was not necessarily stored; {}",
+        stored_note(*.maybe_stored)
+    )]
+    PipelineFailed {
+        /// What the task's panic said.
+        message: String,
+        /// As for [`FailureReason::Aborted`].
+        maybe_stored: bool,
+    },
+    /// The producer task stopped without resolving the record, and the record could not be
+    /// recovered (a bug: please report it). Not expected even when the task fails: then
+    /// records fail with [`FailureReason::PipelineFailed`] and are handed back.
+    #[error("the producer stopped before the record was resolved, and the record was lost with it")]
     Lost,
+}
+
+fn stored_note(maybe_stored: bool) -> &'static str {
+    if maybe_stored {
+        "a PutRecords call carried it (one was in flight or timed out), so it may or may not have been stored"
+    } else {
+        "it was not stored"
+    }
+}
+
+/// Why [`Producer::flush`](crate::producer::Producer::flush) or
+/// [`shutdown`](crate::producer::Producer::shutdown) could not see every record through.
+/// Every record affected was failed and handed back in its own
+/// [`RecordFailure`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The pipeline task failed (a bug: please report it): every record it had not resolved
+    /// failed with [`FailureReason::PipelineFailed`], the record handed back.
+    #[error(
+        "the producer's pipeline task failed ({message}): every record not yet resolved failed with PipelineFailed and was handed back in its failure; resend those with a new producer"
+    )]
+    PipelineFailed {
+        /// What the task's panic said.
+        message: String,
+    },
+    /// [`Producer::abort`](crate::producer::Producer::abort) was called: every record not
+    /// yet resolved failed with [`FailureReason::Aborted`], the record handed back.
+    #[error(
+        "the producer was aborted: every record not yet resolved failed with Aborted and was handed back in its failure"
+    )]
+    Aborted,
 }

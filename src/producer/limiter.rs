@@ -33,6 +33,7 @@
 //! creeps above it within the second between two cuts, and when a repeated throttle there only
 //! returned it to 97 %, two producers on one shard had half of their writes throttled.
 
+use crate::producer::clock::later;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -265,7 +266,7 @@ impl ShardLimiter {
             self.share,
             now,
         ));
-        (now + wait).max(window.ready_at(bytes as f64, self.rates(), now))
+        later(now, wait).max(window.ready_at(bytes as f64, self.rates(), now))
     }
 
     /// The service throttled this shard: slow down.

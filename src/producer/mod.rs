@@ -42,7 +42,12 @@
 //! # Shutting down
 //! [`Producer::flush`] sends everything accepted so far and waits until it has resolved;
 //! [`Producer::shutdown`] does the same, then stops the pipeline task; later sends fail with
-//! [`SendErrorReason::Closed`]. Dropping the last `Producer` handle without `shutdown` lets the
+//! [`SendErrorReason::Closed`]. [`Producer::abort`] gives up instead: every record not yet
+//! resolved fails at once with [`FailureReason::Aborted`], its record handed back. A
+//! [`KinesisApi`] whose call panics fails that call like a retryable error; if the pipeline task
+//! itself fails (a bug), every record it had not resolved fails with
+//! [`FailureReason::PipelineFailed`] and its record, sends fail at once, and `flush` /
+//! `shutdown` return [`FlushError::PipelineFailed`]. Dropping the last `Producer` handle without `shutdown` lets the
 //! pipeline task finish what was accepted in the background (receipts still resolve); it stops
 //! when the runtime does, so call `shutdown` before the runtime ends.
 
@@ -58,13 +63,15 @@ use crate::codec::frame::Compressor;
 use crate::dedup::{DEDUP_ID_MAX_LEN, DEDUP_TAG_KEY};
 use crate::limits::DEFAULT_MAX_RECORD_BYTES;
 use crate::producer::aggregator::Aggregator;
-use crate::producer::pipeline::{BatchInput, Input, Pipeline};
+use crate::producer::pipeline::{Ack, BatchInput, Input, Pipeline};
 use crate::producer::record::{BufferRoom, PendingRecord};
 use crate::producer::shard_map::{ShardMap, ShardMapError};
+use crate::producer::unwind::CatchUnwind;
 use crate::record::{RecordError, UserRecord};
 
 mod aggregator;
 pub mod backoff;
+mod clock;
 mod collector;
 pub mod config;
 pub mod error;
@@ -79,10 +86,12 @@ pub mod shard_map;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod stage_bench;
+mod unwind;
 
 pub use config::{Compression, ConfigError, ProducerConfig};
 pub use error::{
-    FailureReason, ProducerError, RecordFailure, SendBatchError, SendError, SendErrorReason,
+    FailureReason, FlushError, ProducerError, RecordFailure, SendBatchError, SendError,
+    SendErrorReason,
 };
 pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, RecordResult};
@@ -232,6 +241,7 @@ impl Producer {
         let room = Arc::new(BufferRoom {
             records: Semaphore::new(config.max_outstanding_records),
             bytes: Semaphore::new(config.max_outstanding_bytes),
+            stopped: std::sync::OnceLock::new(),
         });
         let max_outstanding_bytes = config.max_outstanding_bytes as u32;
         let max_outstanding_records = config.max_outstanding_records;
@@ -245,7 +255,20 @@ impl Producer {
             aggregator,
             room.clone(),
         );
-        let task = tokio::spawn(pipeline.run(input_rx, done_rx, map_rx));
+        let task_room = room.clone();
+        let task = tokio::spawn(async move {
+            // The pipeline catches its own failures while it handles events; a panic anywhere
+            // else in it still stops new sends at once instead of leaving them waiting.
+            let run = CatchUnwind(Box::pin(pipeline.run(input_rx, done_rx, map_rx)));
+            if let Err(message) = run.await {
+                tracing::error!(%message, "the producer's pipeline task failed");
+                let _ = task_room
+                    .stopped
+                    .set(FlushError::PipelineFailed { message });
+                task_room.records.close();
+                task_room.bytes.close();
+            }
+        });
         Ok(Producer {
             shared: Arc::new(Shared {
                 input: input_tx,
@@ -284,7 +307,7 @@ impl Producer {
             }
             _ => {
                 return Err(SendError {
-                    reason: SendErrorReason::Closed,
+                    reason: self.closed_reason(),
                     record,
                 });
             }
@@ -300,7 +323,7 @@ impl Producer {
         }
         let needed = self.bytes_needed(&record);
         let to_reason = |e: TryAcquireError| match e {
-            TryAcquireError::Closed => SendErrorReason::Closed,
+            TryAcquireError::Closed => self.closed_reason(),
             TryAcquireError::NoPermits => SendErrorReason::Full,
         };
         let room = &self.shared.room;
@@ -392,7 +415,7 @@ impl Producer {
                 r.forget();
                 b.forget();
             }
-            _ => return refuse(SendErrorReason::Closed, None, records),
+            _ => return refuse(self.closed_reason(), None, records),
         }
         let received = Instant::now();
         let (reply, future) = BatchFuture::new(records.len(), received);
@@ -405,7 +428,7 @@ impl Producer {
             Ok(()) => Ok(future),
             Err(mpsc::error::SendError(Input::Batch(batch))) => {
                 room.release(batch.records.len(), bytes as usize);
-                refuse(SendErrorReason::Closed, None, batch.records)
+                refuse(self.closed_reason(), None, batch.records)
             }
             Err(_) => unreachable!("a batch was sent"),
         }
@@ -413,25 +436,101 @@ impl Producer {
 
     /// Sends everything accepted so far without waiting for aggregates or calls to fill, and
     /// waits until all of it has resolved. Records sent meanwhile are not waited for.
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.shared.input.send(Input::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+    ///
+    /// `Ok` once every record accepted before it has resolved (stored or failed: each
+    /// record's future says which). An error if the producer stopped short instead
+    /// ([`abort`](Self::abort), or a failure of its task): every record it had not resolved
+    /// then failed with its record handed back.
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        self.ask(Input::Flush).await
     }
 
     /// Stops accepting records, flushes everything accepted, and stops the pipeline task once
-    /// every record has resolved. Idempotent; every clone sees the producer closed.
-    pub async fn shutdown(&self) {
+    /// every record has resolved. Idempotent; every clone sees the producer closed. Its result
+    /// is as [`flush`](Self::flush)'s.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: kpl::producer::Producer) -> Result<(), Box<dyn std::error::Error>> {
+    /// producer.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) -> Result<(), FlushError> {
+        self.close();
+        let result = self.ask(Input::Shutdown).await;
+        result.and(self.join().await)
+    }
+
+    /// Gives up on everything not yet resolved: every record accepted and not yet stored or
+    /// failed fails at once with [`FailureReason::Aborted`], its record handed back (a record
+    /// whose PutRecords call is in flight may or may not be stored: its reason says so), its
+    /// buffer room returns, and later sends fail with [`SendErrorReason::Closed`]. Returns
+    /// when every record has resolved; in-flight calls are not waited for. For a forced exit:
+    /// write the failures' records somewhere and stop.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: kpl::producer::Producer, futures: Vec<kpl::producer::RecordFuture>) {
+    /// producer.abort().await;
+    /// for future in futures {
+    ///     if let Err(failure) = future.await {
+    ///         // failure.record is the record, to spool or resend.
+    ///         eprintln!("{failure}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn abort(&self) {
+        self.close();
+        let _ = self.ask(Input::Abort).await;
+        let _ = self.join().await;
+    }
+
+    /// Sends a request that the pipeline answers, and waits for its answer.
+    async fn ask(&self, request: fn(Ack) -> Input) -> Result<(), FlushError> {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.input.send(request(tx)).is_err() {
+            // The task has stopped: it said why, if it stopped short.
+            return self.stopped();
+        }
+        match rx.await {
+            Ok(result) => result,
+            // The task stopped without answering: it failed outside what it catches.
+            Err(_) => self.join().await.and(self.stopped()),
+        }
+    }
+
+    /// Closes the producer to new records.
+    fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.room.records.close();
         self.shared.room.bytes.close();
-        let (tx, rx) = oneshot::channel();
-        if self.shared.input.send(Input::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
+    }
+
+    /// Waits for the pipeline task to end (once; later calls return at once).
+    async fn join(&self) -> Result<(), FlushError> {
+        let Some(task) = self.shared.task.lock().await.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Err(e) if e.is_panic() => Err(FlushError::PipelineFailed {
+                message: unwind::message(&*e.into_panic()),
+            }),
+            _ => self.stopped(),
         }
-        if let Some(task) = self.shared.task.lock().await.take() {
-            let _ = task.await;
+    }
+
+    /// Why the pipeline stopped short, if it did.
+    fn stopped(&self) -> Result<(), FlushError> {
+        self.shared.room.stopped.get().cloned().map_or(Ok(()), Err)
+    }
+
+    /// Why a record cannot be taken once the producer is closed.
+    fn closed_reason(&self) -> SendErrorReason {
+        match self.shared.room.stopped.get() {
+            Some(FlushError::PipelineFailed { message }) => SendErrorReason::PipelineFailed {
+                message: message.clone(),
+            },
+            _ => SendErrorReason::Closed,
         }
     }
 
@@ -457,8 +556,8 @@ impl Producer {
     }
 
     fn check(&self, record: &UserRecord) -> Result<(), SendErrorReason> {
-        if self.shared.closed.load(Ordering::Relaxed) {
-            return Err(SendErrorReason::Closed);
+        if self.shared.closed.load(Ordering::Relaxed) || self.shared.room.stopped.get().is_some() {
+            return Err(self.closed_reason());
         }
         let max = self.shared.max_record_bytes;
         record.validate(max)?;
@@ -497,7 +596,7 @@ impl Producer {
             Err(mpsc::error::SendError(Input::Record(pending))) => {
                 self.shared.room.release(1, held_bytes as usize);
                 Err(SendError {
-                    reason: SendErrorReason::Closed,
+                    reason: self.closed_reason(),
                     record: pending.record,
                 })
             }

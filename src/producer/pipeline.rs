@@ -15,24 +15,27 @@ use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
-use crate::producer::backoff::Backoff;
+use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
-use crate::producer::error::{FailureReason, RecordFailure};
+use crate::producer::error::FlushError;
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
 use crate::producer::record::{
-    AttemptError, BufferRoom, CallAttempt, PendingRecord, RecordState, Reply, ReplyTo,
-    StoredKinesisRecord,
+    BufferRoom, CallAttempt, PendingRecord, RecordState, Reply, ReplyTo,
 };
-use crate::producer::retrier::{
-    EntryOutcome, RetryQueue, classify_call_error, classify_entry, mismatch_error,
-    wrong_shard_error,
-};
+use crate::producer::retrier::RetryQueue;
 use crate::producer::routes::{DEFAULT_ROUTE_CACHE_KEYS, RouteCache};
 use crate::producer::sender::{Completed, Sender};
 use crate::producer::shard_map::ShardMap;
+use crate::producer::unwind::catch;
 use crate::record::UserRecord;
+
+mod outcomes;
+mod refresh;
+mod teardown;
+use outcomes::outlived;
+pub(crate) use refresh::Refresh;
 
 /// Records taken from the input channel per wake-up.
 const INPUT_BATCH: usize = 1024;
@@ -45,9 +48,23 @@ pub(crate) enum Input {
     /// Records of one `send_batch`, with one buffer room taken for all of them.
     Batch(BatchInput),
     /// Send everything received so far and answer when it has all resolved.
-    Flush(oneshot::Sender<()>),
+    Flush(Ack),
     /// Flush, then stop.
-    Shutdown(oneshot::Sender<()>),
+    Shutdown(Ack),
+    /// Fail everything not yet resolved, then stop.
+    Abort(Ack),
+}
+
+/// The answer to a flush, shutdown or abort: whether every record was seen through.
+pub(crate) type Ack = oneshot::Sender<Result<(), FlushError>>;
+
+/// What woke the pipeline task.
+enum Event {
+    Completed(Completed),
+    Refresh(Refresh),
+    /// Inputs are in the buffer.
+    Input,
+    Timer,
 }
 
 /// What `send_batch` hands over: records accepted at `received`, and where their outcomes go.
@@ -90,7 +107,9 @@ pub(crate) struct Pipeline {
     map: ShardMap,
     grouping: Grouping,
     refresh: Option<tokio::task::JoinHandle<()>>,
-    map_tx: mpsc::UnboundedSender<ShardMap>,
+    map_tx: mpsc::UnboundedSender<Refresh>,
+    /// The last ListShards failure while records wait for a map.
+    list_error: Option<String>,
     routes: RouteCache,
 
     aggregator: Aggregator,
@@ -105,9 +124,16 @@ pub(crate) struct Pipeline {
     /// Unresolved records per flush epoch; `epochs[0]` is epoch `epoch_base`.
     epochs: VecDeque<u64>,
     epoch_base: u64,
-    flushes: Vec<(u64, oneshot::Sender<()>)>,
-    shutdowns: Vec<oneshot::Sender<()>>,
+    flushes: Vec<(u64, Ack)>,
+    /// Shutdowns and aborts, answered when the task stops.
+    shutdowns: Vec<Ack>,
     closing: bool,
+    /// Set when the pipeline stopped short (abort, or its own failure): what was not yet
+    /// resolved failed, and new inputs are refused with their records handed back.
+    stopped: Option<FlushError>,
+    /// The Kinesis records of the call being answered, last first: kept in the pipeline's
+    /// state (not on the stack) so that a failure while they are read does not lose them.
+    answering: Vec<KinesisRecordOut>,
     outstanding: u64,
 
     /// The next user record's number (its dedup id's sequence).
@@ -133,6 +159,8 @@ struct Misplaced {
     shard_id: String,
     sequence_number: String,
     attempt: CallAttempt,
+    /// ListShards calls that failed while it waited: each counts as one of its attempts.
+    waits: u32,
 }
 
 impl Pipeline {
@@ -147,7 +175,7 @@ impl Pipeline {
     ) -> (
         Self,
         mpsc::UnboundedReceiver<Completed>,
-        mpsc::UnboundedReceiver<ShardMap>,
+        mpsc::UnboundedReceiver<Refresh>,
     ) {
         let (sender, done_rx) = Sender::new(
             api.clone(),
@@ -171,6 +199,7 @@ impl Pipeline {
             grouping: Grouping::ByShard,
             refresh: None,
             map_tx,
+            list_error: None,
             routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
             aggregator,
             shards: HashMap::new(),
@@ -182,6 +211,8 @@ impl Pipeline {
             flushes: Vec::new(),
             shutdowns: Vec::new(),
             closing: false,
+            stopped: None,
+            answering: Vec::new(),
             outstanding: 0,
             next_seq: 0,
             dedup_producer,
@@ -197,54 +228,94 @@ impl Pipeline {
         (pipeline, done_rx, map_rx)
     }
 
-    /// Runs until every handle is gone (or `shutdown` was called) and every record resolved.
+    /// Runs until every handle is gone (or `shutdown` or `abort` was called) and every record
+    /// resolved. A panic while an event is handled (a bug) fails every record not yet resolved
+    /// with its record handed back, instead of stranding them with the task.
     pub(crate) async fn run(
         mut self,
         mut input: mpsc::UnboundedReceiver<Input>,
         mut done: mpsc::UnboundedReceiver<Completed>,
-        mut maps: mpsc::UnboundedReceiver<ShardMap>,
+        mut maps: mpsc::UnboundedReceiver<Refresh>,
     ) {
         let mut buf = Vec::with_capacity(INPUT_BATCH);
         let mut input_open = true;
+        let mut wake = None;
         loop {
-            let now = Instant::now();
-            let wake = self.next_wake(now);
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                Some(completed) = done.recv() => {
-                    self.on_completed(completed);
-                    while let Ok(completed) = done.try_recv() {
-                        self.on_completed(completed);
-                    }
-                }
-                Some(map) = maps.recv() => self.on_new_map(map),
+                Some(completed) = done.recv() => Event::Completed(completed),
+                Some(refresh) = maps.recv() => Event::Refresh(refresh),
                 n = input.recv_many(&mut buf, INPUT_BATCH), if input_open => {
                     if n == 0 {
                         input_open = false;
-                        self.closing = true;
                     }
-                    for item in buf.drain(..) {
-                        self.on_input(item);
-                    }
+                    Event::Input
                 }
-                _ = sleep_until(wake) => {}
+                _ = sleep_until(wake) => Event::Timer,
+            };
+            match catch(|| self.step(event, &mut done, &mut buf, input_open)) {
+                Ok(next) => wake = next,
+                Err(panic) => {
+                    self.fail(panic, &mut buf);
+                    input.close();
+                    while let Ok(item) = input.try_recv() {
+                        buf.push(item);
+                    }
+                    self.fail_inputs(&mut buf);
+                    break;
+                }
             }
-            self.advance(Instant::now());
-            let (records, bytes) = std::mem::take(&mut self.to_release);
-            self.room.release(records, bytes);
-            if self.closing && self.outstanding == 0 {
+            if self.closing {
+                // Nothing more gets in: a record sent from now on is handed back by `send`,
+                // and what is already in the channel is still read (and resolved).
+                input.close();
+            }
+            if self.closing && !input_open && self.outstanding == 0 {
                 break;
             }
         }
-        if let Some(task) = self.refresh.take() {
-            task.abort();
+        self.finish();
+    }
+
+    /// Handles one event and moves everything that can move; returns when to wake next.
+    fn step(
+        &mut self,
+        event: Event,
+        done: &mut mpsc::UnboundedReceiver<Completed>,
+        buf: &mut Vec<Input>,
+        input_open: bool,
+    ) -> Option<Instant> {
+        match event {
+            Event::Completed(completed) => {
+                self.on_completed(completed);
+                while let Ok(completed) = done.try_recv() {
+                    self.on_completed(completed);
+                }
+            }
+            Event::Refresh(Refresh::Map(map)) => self.on_new_map(map),
+            Event::Refresh(Refresh::Failed(error)) => self.on_refresh_failed(error),
+            Event::Input => {
+                if !input_open {
+                    self.closing = true;
+                }
+                // Taken one at a time from the end: what is not taken yet stays in `buf`.
+                buf.reverse();
+                while let Some(item) = buf.pop() {
+                    self.on_input(item);
+                }
+            }
+            Event::Timer => {}
         }
-        for ack in self.shutdowns.drain(..) {
-            let _ = ack.send(());
-        }
-        for (_, ack) in self.flushes.drain(..) {
-            let _ = ack.send(());
-        }
+        let now = Instant::now();
+        self.advance(now);
+        self.give_back_room();
+        self.next_wake(now)
+    }
+
+    /// Gives back the buffer room of the records resolved since the last time.
+    fn give_back_room(&mut self) {
+        let (records, bytes) = std::mem::take(&mut self.to_release);
+        self.room.release(records, bytes);
     }
 
     fn flushing(&self) -> bool {
@@ -252,6 +323,10 @@ impl Pipeline {
     }
 
     fn on_input(&mut self, input: Input) {
+        if self.stopped.is_some() {
+            self.refuse(input);
+            return;
+        }
         match input {
             Input::Record(PendingRecord { record, state }) => {
                 self.metrics.record_received(1, u64::from(state.billed));
@@ -300,6 +375,10 @@ impl Pipeline {
             }
             Input::Shutdown(ack) => {
                 self.closing = true;
+                self.shutdowns.push(ack);
+            }
+            Input::Abort(ack) => {
+                self.abort();
                 self.shutdowns.push(ack);
             }
         }
@@ -400,8 +479,9 @@ impl Pipeline {
         self.pump(now);
         let expired = std::mem::take(&mut self.expired);
         for record in expired {
-            self.expire(record, now);
+            self.scatter(record, now);
         }
+        self.expire_misplaced(now);
         self.settle_flushes();
     }
 
@@ -418,7 +498,8 @@ impl Pipeline {
         }
         consider(self.retries.next_due());
         consider(self.limiter_wake);
-        wake.map(|w| w.max(now + MIN_SLEEP))
+        consider(self.misplaced_deadline());
+        wake.map(|w| w.max(later(now, MIN_SLEEP)))
     }
 
     fn enqueue(&mut self, record: KinesisRecordOut, now: Instant) {
@@ -509,7 +590,7 @@ impl Pipeline {
             return Admit::Blocked;
         }
         while let Some(front) = shard.queue.front() {
-            if front.oldest() + ttl <= now {
+            if outlived(front.oldest(), ttl, now) {
                 let record = shard.queue.pop_front().expect("front exists");
                 self.expired.push(record);
                 continue;
@@ -548,354 +629,6 @@ impl Pipeline {
         self.sender.send(batch, now);
     }
 
-    fn on_completed(&mut self, completed: Completed) {
-        let Some(mut call) = self.sender.complete(completed.id) else {
-            return;
-        };
-        let mut calls = std::mem::take(&mut call.records);
-        let now = Instant::now();
-        self.metrics.request_time(completed.elapsed, calls.len());
-        let attempt = |error: Option<AttemptError>| CallAttempt {
-            started: call.started,
-            duration: completed.elapsed,
-            error,
-        };
-        match completed.result {
-            Err(error) => {
-                let (error, retryable) = classify_call_error(&error);
-                tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
-                self.metrics.error(&error.code, calls.len());
-                for mut record in calls.drain(..) {
-                    record.attempts.push(attempt(Some(error.clone())));
-                    if retryable {
-                        self.retry(record, now);
-                    } else {
-                        self.fail_fatal(record, &error);
-                    }
-                }
-            }
-            Ok(results) if results.len() != calls.len() => {
-                let error = mismatch_error(calls.len(), results.len());
-                tracing::warn!(stream = %self.stream, "{}", error.message);
-                self.metrics.error(&error.code, calls.len());
-                for mut record in calls.drain(..) {
-                    record.attempts.push(attempt(Some(error.clone())));
-                    self.retry(record, now);
-                }
-            }
-            Ok(results) => {
-                for (mut record, result) in calls.drain(..).zip(results) {
-                    match classify_entry(result, &record) {
-                        EntryOutcome::Stored {
-                            shard_id,
-                            sequence_number,
-                        } => {
-                            record.attempts.push(attempt(None));
-                            if let Some(shard) = self.shards.get_mut(&shard_id) {
-                                shard.limiter.on_success(1, now);
-                            }
-                            self.resolve_stored(record, shard_id, sequence_number);
-                        }
-                        EntryOutcome::WrongShard {
-                            shard_id,
-                            sequence_number,
-                        } => {
-                            tracing::info!(
-                                stream = %self.stream,
-                                predicted = %record.shard,
-                                actual = %shard_id,
-                                "an aggregate landed on an unexpected shard: refreshing the shard map"
-                            );
-                            self.misplaced.push(Misplaced {
-                                record,
-                                shard_id,
-                                sequence_number,
-                                attempt: attempt(None),
-                            });
-                            self.request_refresh();
-                        }
-                        EntryOutcome::Retry { error, throttled } => {
-                            if throttled {
-                                self.metrics.throttled(1);
-                                if let Some(shard) = self.shards.get_mut(&record.shard) {
-                                    shard.limiter.on_throttled(now);
-                                }
-                            }
-                            self.metrics.error(&error.code, 1);
-                            record.attempts.push(attempt(Some(error)));
-                            self.retry(record, now);
-                        }
-                        EntryOutcome::Fatal { error } => {
-                            self.metrics.error(&error.code, 1);
-                            record.attempts.push(attempt(Some(error.clone())));
-                            self.fail_fatal(record, &error);
-                        }
-                    }
-                }
-            }
-        }
-        self.collector.recycle(calls);
-    }
-
-    /// Attempts made so far for `record`'s user records (the most any of them had).
-    fn attempts_made(record: &KinesisRecordOut) -> u32 {
-        let prior = record
-            .records
-            .iter()
-            .map(|r| r.attempts.len())
-            .max()
-            .unwrap_or(0);
-        (prior + record.attempts.len()) as u32
-    }
-
-    fn retry(&mut self, record: KinesisRecordOut, now: Instant) {
-        let made = Self::attempts_made(&record);
-        if made >= self.config.max_attempts {
-            let last_error = last_error(&record);
-            let reason = FailureReason::AttemptsExhausted {
-                max_attempts: self.config.max_attempts,
-                last_error,
-            };
-            self.fail_all(record, reason);
-            return;
-        }
-        self.metrics.retry(record.records.len());
-        self.retries.schedule(record, made, now);
-    }
-
-    /// A retried Kinesis record comes back: still within its TTL, and still correct for the
-    /// current shard map?
-    fn requeue(&mut self, mut record: KinesisRecordOut, now: Instant) {
-        self.release(&mut record);
-        if record.oldest() + self.config.record_ttl <= now {
-            self.expire(record, now);
-        } else if let Some(record) = self.recheck(record) {
-            // Strict ordering: a retried record goes before everything its shard queued after
-            // it (nothing of that shard was sent meanwhile: it was blocked).
-            let front = self.config.strict_ordering;
-            self.enqueue_at(record, now, front);
-        }
-    }
-
-    /// Checks a Kinesis record built under an older shard map against the current one. Records
-    /// that still land correctly are kept (re-targeted); the rest go back to the aggregator.
-    fn recheck(&mut self, mut record: KinesisRecordOut) -> Option<KinesisRecordOut> {
-        if record.map_version == self.map.version() {
-            return Some(record);
-        }
-        let first = record
-            .records
-            .first()
-            .map(|r| r.hash_key)
-            .unwrap_or_default();
-        let owner = self.map.shard(self.map.index_of(first));
-        let keep = record.single_hash
-            || (*owner.id == *record.shard
-                && record
-                    .records
-                    .iter()
-                    .all(|r| owner.range.contains(r.hash_key)));
-        if keep {
-            record.shard = owner.id.clone();
-            record.map_version = self.map.version();
-            Some(record)
-        } else {
-            self.reaggregate(record);
-            None
-        }
-    }
-
-    /// Breaks a Kinesis record into its user records and aggregates them again.
-    fn reaggregate(&mut self, mut record: KinesisRecordOut) {
-        self.release(&mut record);
-        let users = record.user_records();
-        for (mut state, user) in record.records.into_iter().zip(users) {
-            state
-                .attempts
-                .extend(record.attempts.iter().map(|a| a.for_record(state.received)));
-            self.aggregator
-                .push(&user, state, &self.map, self.grouping, &mut self.finished);
-        }
-    }
-
-    /// Fails the user records whose TTL is over; the rest are aggregated again.
-    fn expire(&mut self, mut record: KinesisRecordOut, now: Instant) {
-        self.release(&mut record);
-        let users = record.user_records();
-        let ttl = self.config.record_ttl;
-        let last_error = last_error(&record);
-        let call_attempts = record.attempts;
-        for (mut state, user) in record.records.into_iter().zip(users) {
-            state
-                .attempts
-                .extend(call_attempts.iter().map(|a| a.for_record(state.received)));
-            if state.received + ttl <= now {
-                self.metrics.expired(1);
-                let reason = FailureReason::Expired {
-                    ttl,
-                    last_error: last_error.clone(),
-                };
-                self.fail_user(state, user, reason);
-            } else {
-                self.aggregator
-                    .push(&user, state, &self.map, self.grouping, &mut self.finished);
-            }
-        }
-    }
-
-    fn on_new_map(&mut self, map: ShardMap) {
-        tracing::info!(stream = %self.stream, shards = map.len(), version = map.version(), "shard map refreshed");
-        self.refresh = None;
-        // Everything built under the old map is checked against the new one before it is sent.
-        self.aggregator.finish_all(&mut self.finished);
-        self.map = map;
-        self.grouping = Grouping::ByShard;
-        let mut queued: Vec<KinesisRecordOut> = std::mem::take(&mut self.finished);
-        for shard in self.shards.values_mut() {
-            queued.extend(shard.queue.drain(..));
-            shard.listed = false;
-        }
-        self.waiting.clear();
-        let open: std::collections::HashSet<&str> =
-            self.map.shards().iter().map(|s| &*s.id).collect();
-        self.shards.retain(|id, _| open.contains(&**id));
-        let now = Instant::now();
-        for record in queued {
-            if let Some(record) = self.recheck(record) {
-                self.enqueue(record, now);
-            }
-        }
-        // Aggregates stored on an unexpected shard: delivered by the KCL if all their records
-        // lie in that shard's range (e.g. a merge), else sent again (e.g. a split).
-        for m in std::mem::take(&mut self.misplaced) {
-            let Misplaced {
-                mut record,
-                shard_id,
-                sequence_number,
-                mut attempt,
-            } = m;
-            let fits = self
-                .map
-                .range_of(&shard_id)
-                .is_some_and(|range| record.records.iter().all(|r| range.contains(r.hash_key)));
-            if fits {
-                record.attempts.push(attempt);
-                self.resolve_stored(record, Arc::from(shard_id), Arc::from(sequence_number));
-            } else {
-                let error = wrong_shard_error(&record.shard, &shard_id, &sequence_number);
-                tracing::info!(stream = %self.stream, "{}", error.message);
-                self.metrics.error(&error.code, 1);
-                attempt.error = Some(error);
-                record.attempts.push(attempt);
-                self.reaggregate(record);
-            }
-        }
-    }
-
-    /// Starts a background ListShards (with backoff on failure); until it answers, only records
-    /// of one hash key are aggregated together.
-    fn request_refresh(&mut self) {
-        self.grouping = Grouping::ByHashKey;
-        if self.refresh.is_some() {
-            return;
-        }
-        let api = self.api.clone();
-        let stream = self.stream.clone();
-        let version = self.map.version() + 1;
-        let tx = self.map_tx.clone();
-        let mut backoff = Backoff::new(&self.config.backoff);
-        self.refresh = Some(tokio::spawn(async move {
-            let mut attempt = 0;
-            loop {
-                match ShardMap::load(&*api, &stream, version).await {
-                    Ok(map) => {
-                        let _ = tx.send(map);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(stream = %stream, %error, "ListShards failed; retrying");
-                        tokio::time::sleep(backoff.delay_for_attempt(attempt)).await;
-                        attempt = attempt.saturating_add(1);
-                    }
-                }
-            }
-        }));
-    }
-
-    fn resolve_stored(
-        &mut self,
-        mut record: KinesisRecordOut,
-        shard_id: Arc<str>,
-        sequence_number: Arc<str>,
-    ) {
-        self.release(&mut record);
-        let user_records = record.records.len() as u64;
-        let mut user_bytes = 0u64;
-        let mut users = std::mem::take(&mut record.records);
-        let kinesis = Arc::new(StoredKinesisRecord {
-            shard_id: shard_id.clone(),
-            sequence_number,
-            attempts: std::mem::take(&mut record.attempts),
-            dedup_producer: self.dedup_producer,
-        });
-        let mut retries = 0;
-        for (index, user) in users.drain(..).enumerate() {
-            user_bytes += u64::from(user.billed);
-            retries += (user.attempts.len() + kinesis.attempts.len()).saturating_sub(1);
-            self.settle(user.epoch, user.held_bytes);
-            let (earlier, sub, seq) = (user.attempts, index as u32, user.seq);
-            self.reply(user.reply, || {
-                let kinesis = kinesis.clone();
-                if earlier.is_empty() {
-                    Reply::Stored { kinesis, sub, seq }
-                } else {
-                    Reply::StoredAgain(Box::new((kinesis, sub, seq, earlier.into_vec())))
-                }
-            });
-        }
-        self.metrics.retries_per_record(retries as u64);
-        let kinesis_bytes = record.entry.billed_bytes() as u64;
-        self.metrics
-            .record_put(user_records, user_bytes, 1, kinesis_bytes);
-        self.metrics.shard_put(&shard_id, kinesis_bytes);
-        self.aggregator.recycle(users);
-        self.aggregator
-            .recycle_data(std::mem::take(&mut record.entry.data));
-        if let Some(aggregate) = record.uncompressed.take() {
-            self.aggregator.recycle_data(aggregate);
-        }
-    }
-
-    fn fail_fatal(&mut self, record: KinesisRecordOut, error: &AttemptError) {
-        let reason = FailureReason::Fatal {
-            code: error.code.clone(),
-            message: error.message.clone(),
-        };
-        self.fail_all(record, reason);
-    }
-
-    fn fail_all(&mut self, mut record: KinesisRecordOut, reason: FailureReason) {
-        self.release(&mut record);
-        let users = record.user_records();
-        for (mut state, user) in record.records.into_iter().zip(users) {
-            state
-                .attempts
-                .extend(record.attempts.iter().map(|a| a.for_record(state.received)));
-            self.fail_user(state, user, reason.clone());
-        }
-    }
-
-    fn fail_user(&mut self, state: RecordState, record: UserRecord, reason: FailureReason) {
-        self.metrics.failed(1);
-        self.settle(state.epoch, state.held_bytes);
-        let failure = RecordFailure {
-            reason,
-            attempts: state.attempts.into_vec(),
-            record: Some(record),
-        };
-        self.reply(state.reply, || Reply::Failed(Box::new(failure)));
-    }
-
     /// One record of `epoch`, holding `held_bytes` of buffer room, resolved.
     fn settle(&mut self, epoch: u64, held_bytes: u32) {
         self.outstanding -= 1;
@@ -918,31 +651,12 @@ impl Pipeline {
         while i < self.flushes.len() {
             if self.flushes[i].0 < base {
                 let (_, ack) = self.flushes.swap_remove(i);
-                let _ = ack.send(());
+                let _ = ack.send(self.stopped.clone().map_or(Ok(()), Err));
             } else {
                 i += 1;
             }
         }
     }
-}
-
-fn last_error(record: &KinesisRecordOut) -> String {
-    record
-        .attempts
-        .iter()
-        .rev()
-        .find_map(|a| a.error.as_ref())
-        .or_else(|| {
-            record
-                .records
-                .iter()
-                .filter_map(|r| r.attempts.last())
-                .find_map(|a| a.error.as_ref())
-        })
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| {
-            "no attempt was made: the shard's rate limit or the buffer held it back".into()
-        })
 }
 
 async fn sleep_until(wake: Option<Instant>) {

@@ -239,6 +239,9 @@ pub(crate) enum ReplyTo {
 pub(crate) struct BufferRoom {
     pub records: Semaphore,
     pub bytes: Semaphore,
+    /// Why the pipeline stopped short (abort, or its own failure), once it has: both
+    /// semaphores are closed then.
+    pub stopped: std::sync::OnceLock<crate::producer::error::FlushError>,
 }
 
 impl BufferRoom {

@@ -7,8 +7,9 @@
 //! whose entry count does not match the call, and unknown codes. Fatal at once: what no retry
 //! can fix ([`crate::client::is_fatal_code`]).
 //!
-//! A record stored on a shard other than the predicted one means the shard map is stale. A
-//! single record (or an aggregate of one hash key) is fine wherever it landed; an aggregate of
+//! A record stored on a shard other than the predicted one means the shard map is stale, so
+//! any such landing refreshes it (as the KPL does). A single record (or an aggregate of one
+//! hash key) is fine wherever it landed; an aggregate of
 //! several keys may straddle the new shards' ranges, and the KCL would drop all of it, so its
 //! user records are sent again after the map is refreshed (the copy already stored is a
 //! duplicate to readers that do not drop it — see the README's delivery semantics).
@@ -24,6 +25,7 @@ use crate::client::{
 };
 use crate::producer::aggregator::KinesisRecordOut;
 use crate::producer::backoff::{Backoff, BackoffConfig};
+use crate::producer::clock::later;
 use crate::producer::record::AttemptError;
 
 /// What one result entry means for its Kinesis record.
@@ -31,6 +33,12 @@ use crate::producer::record::AttemptError;
 pub(crate) enum EntryOutcome {
     /// Stored where predicted (or where it is correct anyway).
     Stored {
+        shard_id: Arc<str>,
+        sequence_number: Arc<str>,
+    },
+    /// Stored on an unexpected shard, holding one hash key: correct wherever it landed, but
+    /// the shard map is stale (a split or merge), so it is refreshed.
+    StoredElsewhere {
         shard_id: Arc<str>,
         sequence_number: Arc<str>,
     },
@@ -65,7 +73,7 @@ pub(crate) fn classify_entry(
                     sequence_number: Arc::from(sequence_number),
                 }
             } else if record.single_hash {
-                EntryOutcome::Stored {
+                EntryOutcome::StoredElsewhere {
                     shard_id: Arc::from(shard_id),
                     sequence_number: Arc::from(sequence_number),
                 }
@@ -177,7 +185,7 @@ impl RetryQueue {
         let delay = self.backoff.delay_for_attempt(attempt.saturating_sub(1));
         self.seq += 1;
         self.heap.push(Reverse(Due {
-            at: now + delay,
+            at: later(now, delay),
             seq: self.seq,
             record,
         }));
@@ -190,6 +198,14 @@ impl RetryQueue {
         } else {
             None
         }
+    }
+
+    /// Every record waiting, taken out (the pipeline is stopping).
+    pub fn take_all(&mut self) -> Vec<KinesisRecordOut> {
+        std::mem::take(&mut self.heap)
+            .into_iter()
+            .map(|d| d.0.record)
+            .collect()
     }
 
     /// When the next record's backoff is over.
@@ -254,9 +270,9 @@ mod tests {
             classify_entry(stored("s-2"), &r),
             EntryOutcome::WrongShard { .. }
         ));
-        // One hash key: correct wherever it landed.
+        // One hash key: correct wherever it landed, but the map is stale.
         match classify_entry(stored("s-2"), &out("s-1", true)) {
-            EntryOutcome::Stored { shard_id, .. } => assert_eq!(&*shard_id, "s-2"),
+            EntryOutcome::StoredElsewhere { shard_id, .. } => assert_eq!(&*shard_id, "s-2"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -11,8 +11,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::client::{ApiError, KinesisApi, PutRecordsResultEntry, StreamId};
+use crate::client::{ApiError, ApiErrorKind, KinesisApi, PutRecordsResultEntry, StreamId};
 use crate::producer::aggregator::KinesisRecordOut;
+use crate::producer::unwind::{CatchUnwind, catch};
+
+/// The error of a client call that panicked (retryable: it says nothing about the service).
+fn panicked(what: String) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Other,
+        code: Some("KinesisApiPanic".into()),
+        status: None,
+        message: format!("the KinesisApi implementation panicked ({what}); the call is retried"),
+    }
+}
 
 /// A finished call.
 pub(crate) struct Completed {
@@ -77,15 +88,23 @@ impl Sender {
             bytes,
             call = id
         );
-        let call = self.api.put_records(&self.stream, entries);
+        // A panicking client (in the call or in its future) fails the call like an error: the
+        // pipeline retries its entries instead of losing them with the task.
+        let api = &self.api;
+        let stream = &self.stream;
+        let call = catch(|| api.put_records(stream, entries)).map_err(panicked);
         let timeout = self.timeout;
         let done_tx = self.done_tx.clone();
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ApiError::timeout(timeout)),
+                let result = match call {
+                    Err(e) => Err(e),
+                    Ok(call) => match tokio::time::timeout(timeout, CatchUnwind(call)).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(panic)) => Err(panicked(panic)),
+                        Err(_) => Err(ApiError::timeout(timeout)),
+                    },
                 };
                 let elapsed = started.elapsed();
                 match &result {
@@ -108,6 +127,11 @@ impl Sender {
                 started: now,
             },
         );
+    }
+
+    /// Every call in flight, taken back (the pipeline is stopping; their answers are ignored).
+    pub fn take_all(&mut self) -> Vec<InFlight> {
+        self.in_flight.drain().map(|(_, call)| call).collect()
     }
 
     /// The call `id` is over: hands back what it carried.

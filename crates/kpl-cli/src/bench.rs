@@ -487,13 +487,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         result?;
     }
     let at_deadline = producer.metrics();
-    producer.flush().await;
+    producer.flush().await?;
     let elapsed_all = start.elapsed();
     drop(tx);
     let hist = latency.await?;
     let samples = sampler.await?;
     let end = producer.metrics();
-    producer.shutdown().await;
+    producer.shutdown().await?;
     let cpu = process_cpu_seconds() - cpu_start;
 
     let report = build_report(

@@ -205,7 +205,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (lines_read, empty) = reader.await.context("the stdin reader stopped")??;
     tally.lines_read = lines_read;
     tally.empty_lines_skipped = empty;
-    producer.shutdown().await;
+    if let Err(e) = producer.shutdown().await {
+        eprintln!("kpl put: {e}");
+    }
     if let Some(p) = progress {
         p.abort();
         eprint!("\r\x1b[2K");
