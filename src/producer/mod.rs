@@ -191,7 +191,7 @@ impl Producer {
         // known now: a larger aggregation_max_size is lowered to what fits.
         let room = max_record_bytes.saturating_sub(crate::limits::MAX_PARTITION_KEY_CHARS * 4);
         if config.aggregation_max_size > room {
-            tracing::warn!(
+            crate::log_limit::warn_limited!("aggregation_max_size lowered", stream;
                 aggregation_max_size = config.aggregation_max_size,
                 max_record_bytes,
                 "aggregation_max_size lowered to {room} bytes to fit the stream's record limit"

@@ -563,7 +563,7 @@ impl Pipeline {
         match completed.result {
             Err(error) => {
                 let (error, retryable) = classify_call_error(&error);
-                tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
+                crate::log_limit::warn_limited!("PutRecords call failed", format_args!("stream={} code={}", self.stream, error.code); stream = %self.stream, error = %error, retryable, "PutRecords call failed");
                 self.metrics.error(&error.code, calls.len());
                 for mut record in calls.drain(..) {
                     record.attempts.push(attempt(Some(error.clone())));
@@ -576,7 +576,7 @@ impl Pipeline {
             }
             Ok(results) if results.len() != calls.len() => {
                 let error = mismatch_error(calls.len(), results.len());
-                tracing::warn!(stream = %self.stream, "{}", error.message);
+                crate::log_limit::warn_limited!("PutRecords answer mismatched", format_args!("stream={}", self.stream); stream = %self.stream, "{}", error.message);
                 self.metrics.error(&error.code, calls.len());
                 for mut record in calls.drain(..) {
                     record.attempts.push(attempt(Some(error.clone())));
@@ -813,7 +813,7 @@ impl Pipeline {
                         return;
                     }
                     Err(error) => {
-                        tracing::warn!(stream = %stream, %error, "ListShards failed; retrying");
+                        crate::log_limit::warn_limited!("ListShards failed", format_args!("stream={stream}"); stream = %stream, %error, "ListShards failed; retrying");
                         tokio::time::sleep(backoff.delay_for_attempt(attempt)).await;
                         attempt = attempt.saturating_add(1);
                     }
