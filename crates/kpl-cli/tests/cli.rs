@@ -383,4 +383,15 @@ async fn a_trained_dictionary_and_dedup_ids_round_trip_through_lost_answers() {
         "{}",
         stderr(&no_dict)
     );
+    // Said once, with the count, not once per record.
+    let said = stderr(&no_dict)
+        .lines()
+        .filter(|l| l.contains("zstd dictionary"))
+        .count();
+    assert_eq!(said, 1, "{}", stderr(&no_dict));
+    assert!(
+        stderr(&no_dict).contains("Kinesis records were not decoded"),
+        "{}",
+        stderr(&no_dict)
+    );
 }
