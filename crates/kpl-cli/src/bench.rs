@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value = "bench")]
     stream: String,
     /// Shards of the simulator's stream, 1 to 1000 (ignored with --endpoint-url).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=MAX_SIM_SHARDS))]
+    #[arg(long, default_value_t = 4, value_parser = parse_shards)]
     shards: u32,
     /// Simulator without shard limits (measures the producer alone).
     #[arg(long)]
@@ -105,7 +105,14 @@ pub struct Args {
 
 /// Most shards of the embedded simulator's stream: beyond, the load per shard is too thin for
 /// the figures to mean anything, and creating the stream takes long.
-const MAX_SIM_SHARDS: i64 = 1000;
+const MAX_SIM_SHARDS: u32 = 1000;
+
+fn parse_shards(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=MAX_SIM_SHARDS).contains(&n) => Ok(n),
+        _ => Err(format!("use 1 to {MAX_SIM_SHARDS} shards")),
+    }
+}
 
 /// A load duration: at least one second (the figures are per second).
 fn parse_load_duration(s: &str) -> Result<Duration, String> {
@@ -483,11 +490,13 @@ impl Target {
 }
 
 fn describe_load(args: &Args) -> String {
+    let size = match args.record_size {
+        (min, max) if min == max => format!("{min} B"),
+        (min, max) => format!("{min}-{max} B"),
+    };
     format!(
-        "{} s, {}..{} B records, {} keys ({}), {} payload, {}",
+        "{} s, {size} records, {} keys ({}), {} payload, {}",
         args.duration.as_secs_f64(),
-        args.record_size.0,
-        args.record_size.1,
         args.keys,
         args.key_dist
             .0
