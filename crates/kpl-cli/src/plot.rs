@@ -199,6 +199,8 @@ fn throughput<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("time since start (s)")
+        // Samples are per second: whole-second ticks.
+        .x_labels((x_max as usize + 1).min(13))
         .y_desc("MiB/s")
         .x_label_formatter(&num)
         .y_label_formatter(&num)
@@ -247,7 +249,15 @@ fn throttling<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("time since start (s)")
+        // Samples are per second: whole-second ticks.
+        .x_labels((x_max as usize + 1).min(13))
         .y_desc("Kinesis entries/s")
+        // Entries are counted whole: no 0.5 ticks on a small axis.
+        .y_labels(if y_max <= 10.0 {
+            y_max as usize + 1
+        } else {
+            10
+        })
         .x_label_formatter(&num)
         .y_label_formatter(&num)
         .label_style((FONT, 13))
@@ -279,6 +289,8 @@ fn latency<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>) 
     chart
         .configure_mesh()
         .x_desc("time since start (s)")
+        // Samples are per second: whole-second ticks.
+        .x_labels((x_max as usize + 1).min(13))
         .y_desc("latency (ms)")
         .x_label_formatter(&num)
         .y_label_formatter(&num)
