@@ -33,6 +33,12 @@ pub(crate) fn allow(what: &'static str, scope: &dyn fmt::Display) -> bool {
     LIMITER.allow(what, scope)
 }
 
+/// Writes the summaries of the intervals still counting, now: a producer shutting down calls it,
+/// so that the last counts are not lost with the runtime's pending timers.
+pub(crate) fn flush() {
+    LIMITER.flush();
+}
+
 /// `tracing::warn!` through the library's limiter: `warn_limited!(LABEL, SCOPE; ARGS...)` logs
 /// `tracing::warn!(ARGS...)` if the limiter lets this occurrence of (LABEL, SCOPE) through.
 /// LABEL is a string literal naming the warning in summaries; SCOPE anything `Display`.
@@ -56,12 +62,16 @@ pub(crate) struct Summary<'a> {
 
 impl fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.interval.as_secs_f64();
+        let secs = if secs.fract() == 0.0 {
+            format!("{secs:.0}")
+        } else {
+            format!("{secs:.1}")
+        };
         write!(
             f,
-            "{}: {} more like this in the last {} s",
-            self.what,
-            self.count,
-            self.interval.as_secs_f64()
+            "{}: {} more like this in the last {secs} s",
+            self.what, self.count
         )?;
         if !self.scope.is_empty() {
             write!(f, " ({})", self.scope)?;
@@ -144,12 +154,40 @@ impl LogLimiter {
             window.ends = ends + self.interval;
             count
         };
-        (self.emit)(&Summary {
-            what: key.0,
-            scope: &key.1,
-            count,
-            interval: self.interval,
-        });
+        // Nothing left when a flush wrote the count already.
+        if count > 0 {
+            (self.emit)(&Summary {
+                what: key.0,
+                scope: &key.1,
+                count,
+                interval: self.interval,
+            });
+        }
+    }
+
+    /// Writes every count not yet summarized, for the part of its interval that passed.
+    pub(crate) fn flush(&self) {
+        let now = Instant::now();
+        let due: Vec<_> = {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            windows
+                .iter_mut()
+                .filter(|(_, w)| w.suppressed > 0)
+                .map(|(key, w)| {
+                    let began = w.ends.checked_sub(self.interval).unwrap_or(w.ends);
+                    let count = std::mem::take(&mut w.suppressed);
+                    (key.clone(), count, now.saturating_duration_since(began))
+                })
+                .collect()
+        };
+        for ((what, scope), count, interval) in due {
+            (self.emit)(&Summary {
+                what,
+                scope: &scope,
+                count,
+                interval,
+            });
+        }
     }
 }
 
@@ -229,6 +267,25 @@ mod tests {
         assert!(!limiter.allow("b", &"s1"));
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_writes_the_counts_so_far_and_the_interval_then_has_nothing_to_add() {
+        let (limiter, seen) = limiter(Duration::from_secs(10));
+        for _ in 0..3 {
+            limiter.allow("a", &"s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        limiter.flush();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(3, "a: 2 more like this in the last 3.5 s (s)".to_owned())]
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(seen.lock().unwrap().len(), 1, "no empty summary at 10 s");
+        limiter.flush();
+        assert_eq!(seen.lock().unwrap().len(), 1, "nothing to flush");
     }
 
     #[test]

@@ -433,6 +433,7 @@ impl Producer {
         if let Some(task) = self.shared.task.lock().await.take() {
             let _ = task.await;
         }
+        crate::log_limit::flush();
     }
 
     /// The producer's counters so far (KPL metric names).

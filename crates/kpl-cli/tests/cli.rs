@@ -525,6 +525,13 @@ async fn a_flaky_endpoint_logs_its_failure_once_in_plain_text_and_summaries_name
     let failed_calls: u64 = sim.stats().request_errors.values().sum();
     assert!(failed_calls >= 4, "{:?}", sim.stats());
     assert_eq!(logged, 1, "the first failure, the rest counted: {err}");
+    assert!(
+        err.contains(&format!(
+            "PutRecords call failed: {} more like this in the last",
+            failed_calls - 1
+        )),
+        "the count is written at shutdown: {err}"
+    );
     assert!(err.contains("user record retries"), "{err}");
     assert!(err.contains("Kinesis entries throttled"), "{err}");
     assert!(err.contains("20 user records failed"), "{err}");
