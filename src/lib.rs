@@ -44,6 +44,7 @@ pub mod hash;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod limits;
+mod log_limit;
 pub mod producer;
 pub mod reader;
 pub mod record;

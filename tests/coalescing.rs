@@ -52,7 +52,10 @@ async fn one_call_per_buffered_time_below_capacity() {
             assert_eq!(receipt.attempts.len(), 1, "no call failed, so no retries");
             longest_wait = longest_wait.max(receipt.attempts[0].started_after);
         }
-        producer.shutdown().await.expect("the pipeline ran to the end");
+        producer
+            .shutdown()
+            .await
+            .expect("the pipeline ran to the end");
         let calls = fake.put_calls();
         eprintln!("seed {seed}: {calls} calls, longest wait for a first call {longest_wait:?}");
         // At most one call per buffered time (the last partial window and the flush at the

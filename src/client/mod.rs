@@ -260,8 +260,10 @@ impl ApiError {
         if let Some(status) = self.status {
             s.push_str(&format!(" (HTTP {status})"));
         }
-        if !self.message.is_empty() {
-            s.push_str(&format!(": {}", self.message));
+        // The service's message often ends a sentence; the hint below starts the next one.
+        let message = self.message.trim_end().trim_end_matches('.');
+        if !message.is_empty() {
+            s.push_str(&format!(": {message}"));
         }
         if let Some(hint) = self.code.as_deref().and_then(hint_for_code) {
             s.push_str(&format!(". {hint}"));
@@ -372,5 +374,20 @@ mod tests {
         let e = ApiError::service("ResourceNotFoundException", Some(400), "Stream x not found");
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("Check the stream name"), "{e}");
+    }
+
+    #[test]
+    fn a_message_that_ends_a_sentence_is_not_followed_by_a_second_full_stop() {
+        let e = ApiError::service(
+            "ResourceNotFoundException",
+            Some(400),
+            "Stream x under account 1 not found.",
+        );
+        assert_eq!(
+            e.to_string(),
+            "Kinesis returned an error ResourceNotFoundException (HTTP 400): Stream x under account 1 not found. Check the stream name or ARN and the region"
+        );
+        let e = ApiError::connection("refused. ");
+        assert!(!e.to_string().contains(".."), "{e}");
     }
 }

@@ -335,10 +335,7 @@ pub fn map_error<E>(error: SdkError<E, aws_sdk_kinesis::config::http::HttpRespon
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let detail = || {
-        let text = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
-        text.chars().take(500).collect::<String>()
-    };
+    let detail = || error_text(&error).chars().take(500).collect::<String>();
     match &error {
         SdkError::TimeoutError(_) => ApiError {
             kind: ApiErrorKind::Timeout,
@@ -410,6 +407,37 @@ where
             message: detail(),
         },
     }
+}
+
+/// An error and its causes as one line, each cause's text once: the SDK's wrapper labels
+/// ("dispatch failure", "io error") are left out where a cause says more, and unlike the SDK's
+/// `DisplayErrorContext` no `Debug` dump of the error structs is appended.
+fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    const WRAPPERS: [&str; 9] = [
+        "dispatch failure",
+        "io error",
+        "other",
+        "timeout",
+        "user error",
+        "response error",
+        "service error",
+        "request has timed out",
+        "failed to construct request",
+    ];
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        next = e.source();
+        let text = e.to_string();
+        if text.is_empty()
+            || (next.is_some() && WRAPPERS.contains(&text.as_str()))
+            || parts.iter().any(|p| p.contains(&text))
+        {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 fn parse_range(start: &str, end: &str) -> Option<HashRange> {
@@ -568,5 +596,42 @@ mod tests {
         ] {
             assert!(!is_loopback(e), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[derive(Debug)]
+    struct Level(&'static str, Option<Box<Level>>);
+
+    impl std::fmt::Display for Level {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Level {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_sdk_error_reads_as_its_causes_once_without_wrapper_labels_or_debug_dumps() {
+        let refused = Level("Connection refused (os error 111)", None);
+        let connect = Level("tcp connect error", Some(Box::new(refused)));
+        let hyper = Level("client error (Connect)", Some(Box::new(connect)));
+        let io = Level("io error", Some(Box::new(hyper)));
+        let dispatch = Level("dispatch failure", Some(Box::new(io)));
+        assert_eq!(
+            error_text(&dispatch),
+            "client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
+        let inner = Level("bad token", None);
+        let outer = Level("signing failed: bad token", Some(Box::new(inner)));
+        assert_eq!(error_text(&outer), "signing failed: bad token");
+        assert_eq!(error_text(&Level("io error", None)), "io error");
     }
 }

@@ -200,7 +200,7 @@ impl Producer {
         // known now: a larger aggregation_max_size is lowered to what fits.
         let room = max_record_bytes.saturating_sub(crate::limits::MAX_PARTITION_KEY_CHARS * 4);
         if config.aggregation_max_size > room {
-            tracing::warn!(
+            crate::log_limit::warn_limited!("aggregation_max_size lowered", stream;
                 aggregation_max_size = config.aggregation_max_size,
                 max_record_bytes,
                 "aggregation_max_size lowered to {room} bytes to fit the stream's record limit"
@@ -458,7 +458,10 @@ impl Producer {
     pub async fn shutdown(&self) -> Result<(), FlushError> {
         self.close();
         let result = self.ask(Input::Shutdown).await;
-        result.and(self.join().await)
+        let result = result.and(self.join().await);
+        // Warnings counted and not yet summarized are written now, not lost with the process.
+        crate::log_limit::flush();
+        result
     }
 
     /// Gives up on everything not yet resolved: every record accepted and not yet stored or

@@ -3,12 +3,9 @@
 //! what it costs in CPU and memory. With no `--endpoint-url` it runs against an embedded
 //! `kpl sim` with shard limits on, so it needs no setup at all.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,7 +15,7 @@ use hdrhistogram::Histogram;
 use kpl::UserRecord;
 use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
 use kpl::producer::{BatchFuture, MetricsSnapshot, Producer, RecordFuture};
-use kpl_sim::{Sim, SimConfig};
+use kpl_sim::{Sim, SimConfig, SimHandle};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;
@@ -27,6 +24,8 @@ use tokio::time::Instant;
 
 use crate::common::{ConnectArgs, ProducerArgs, parse_duration};
 use crate::cpu::process_cpu_seconds;
+use crate::plot::PlotData;
+use crate::progress::{self, Progress};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -36,20 +35,20 @@ pub struct Args {
     /// Stream to write (with --endpoint-url it must exist; on the embedded simulator it is made).
     #[arg(long, default_value = "bench")]
     stream: String,
-    /// Shards of the simulator's stream (ignored with --endpoint-url).
-    #[arg(long, default_value_t = 4)]
+    /// Shards of the simulator's stream, 1 to 1000 (ignored with --endpoint-url).
+    #[arg(long, default_value_t = 4, value_parser = parse_shards)]
     shards: u32,
     /// Simulator without shard limits (measures the producer alone).
     #[arg(long)]
     no_limits: bool,
     /// How long to offer load.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_load_duration)]
     duration: Duration,
     /// Data bytes per record: N, or MIN-MAX for a uniform range.
     #[arg(long, default_value = "100", value_parser = parse_size)]
     record_size: (usize, usize),
     /// Distinct partition keys.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = parse_keys)]
     keys: usize,
     /// Key popularity: uniform, or zipf:S (hot keys make hot shards).
     #[arg(long, default_value = "uniform", value_parser = parse_dist)]
@@ -59,7 +58,7 @@ pub struct Args {
     payload: String,
     /// Offer this many user records per second (open loop); default: as fast as the producer
     /// takes them (closed loop).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     /// Hand records over with `send_batch`, this many at a time, instead of `send` one by one.
     /// A record's latency is then its batch's: until the last of its records is stored.
@@ -68,11 +67,28 @@ pub struct Args {
     /// Seed of the load generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Write every figure as JSON here (fields in the README).
-    #[arg(long)]
+    /// Write every figure as JSON here.
+    ///
+    /// Fields: target, shards, duration_seconds; load (record_size, keys, key_dist, payload,
+    /// rate, send_batch, user_records_offered); totals at the end: user_records_put,
+    /// user_records_failed, user_bytes_put, kinesis_records_put, kinesis_bytes_put,
+    /// put_records_calls, retries (user records sent again), throttled_entries (Kinesis
+    /// entries), throttled_fraction (of the entries sent); during_load, over the --duration:
+    /// user_records_per_second, user_mib_per_second, user_mib_per_shard_second,
+    /// kinesis_records_per_second, put_records_calls_per_second, byte_utilization and
+    /// record_utilization (of the shards' 1 MiB/s and 1000 records/s), steady_byte_utilization
+    /// (from the second second on), hottest_shard, hottest_shard_byte_utilization;
+    /// drain_seconds (flushing after the deadline); latency_ms (p50, p90, p99, max: send to
+    /// stored); cpu_seconds, cpu_seconds_per_million_user_records,
+    /// cpu_includes_embedded_simulator, peak_rss_mib; shards_detail (per shard: shard_id,
+    /// kinesis_records, bytes, byte_utilization); per_second (second, user_records, user_mib,
+    /// kinesis_records, kinesis_mib, put_records_calls, throttled_entries, retries, latency_ms
+    /// of the records acked in that second).
+    #[arg(long, value_name = "FILE.json", verbatim_doc_comment)]
     report: Option<PathBuf>,
-    /// Draw throughput, throttling and per-shard utilization as SVG here.
-    #[arg(long)]
+    /// Draw throughput, throttling, latency and per-shard utilization here: FILE.svg or
+    /// FILE.png (the extension picks the format).
+    #[arg(long, value_name = "FILE", value_parser = crate::plot::parse_path)]
     plot: Option<PathBuf>,
     /// No per-second lines.
     #[arg(long, short)]
@@ -85,6 +101,41 @@ pub struct Args {
     connect: ConnectArgs,
     #[command(flatten)]
     producer: ProducerArgs,
+}
+
+/// Most shards of the embedded simulator's stream: beyond, the load per shard is too thin for
+/// the figures to mean anything, and creating the stream takes long.
+const MAX_SIM_SHARDS: u32 = 1000;
+
+fn parse_shards(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=MAX_SIM_SHARDS).contains(&n) => Ok(n),
+        _ => Err(format!("use 1 to {MAX_SIM_SHARDS} shards")),
+    }
+}
+
+/// A load duration: at least one second (the figures are per second).
+fn parse_load_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is too short: offer load for at least 1s"));
+    }
+    Ok(d)
+}
+
+fn parse_keys(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("use at least 1 key".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of keys")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?}: give a rate above 0 records/s")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -240,16 +291,22 @@ impl Load {
     }
 }
 
+/// One second of the run: what was stored in it, and the latency of the records acked in it.
 #[derive(Clone, Debug, Default)]
-struct Sample {
-    second: u64,
-    user_records: f64,
-    user_mib: f64,
-    kinesis_records: f64,
-    kinesis_mib: f64,
-    calls: f64,
-    throttled: f64,
-    retries: f64,
+pub struct Sample {
+    /// The second's end, since the start of the load.
+    pub second: u64,
+    pub user_records: f64,
+    pub user_mib: f64,
+    pub kinesis_records: f64,
+    pub kinesis_mib: f64,
+    pub calls: f64,
+    /// Kinesis entries throttled.
+    pub throttled: f64,
+    /// User records sent again.
+    pub retries: f64,
+    /// p50, p90 and p99 send-to-ack latency of the user records acked in this second, ms.
+    pub latency_ms: Option<[f64; 3]>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -288,66 +345,158 @@ impl Outcomes {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.print_records {
-        let mut load = Load::new(&args);
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for _ in 0..n {
-            out.write_all(&load.next().data)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
+        return print_records(&args, n);
     }
     let config = args.producer.config()?;
-    let sim = match &args.connect.endpoint_url {
-        Some(_) => None,
-        None => {
-            let sim = Sim::start(SimConfig {
-                enforce_limits: !args.no_limits,
-                // A bench never reads back: the simulator keeps no copy of the data, so its
-                // memory and CPU stay out of what is measured (see SimConfig::discard_data).
-                discard_data: true,
-                ..Default::default()
-            })
-            .await?;
-            sim.create_stream(&args.stream, args.shards).await?;
-            Some(sim)
-        }
-    };
-    let api = match &sim {
-        Some(sim) => sim.api(),
-        None => args.connect.api(config.request_timeout).await,
-    };
-    let producer = match Producer::new(api, &args.stream, config).await {
-        Ok(p) => p,
-        Err(e) => return Ok(crate::common::exit_for_producer_error(&e)),
-    };
-    let shards = match &sim {
-        Some(_) => args.shards as usize,
-        None => {
-            let sdk = args.connect.sdk(Duration::from_secs(10)).await;
-            let all = sdk
-                .list_all_shards(&kpl::client::StreamId::parse(&args.stream))
-                .await
-                .context("cannot list the stream's shards")?;
-            all.iter().filter(|s| s.open).count()
-        }
-    };
-    let target = match &sim {
-        Some(_) => format!(
-            "embedded kpl sim, {shards} shards, limits {}",
-            if args.no_limits { "off" } else { "on" }
-        ),
-        None => format!(
-            "{} stream {}, {shards} open shards",
-            args.connect.endpoint_url.as_deref().unwrap_or("?"),
-            args.stream
-        ),
+    let target = match Target::start(&args, config).await? {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
     };
     eprintln!(
-        "kpl bench: {target}; {} s, {}..{} B records, {} keys ({}), {} payload, {}",
+        "kpl bench: {}; {}",
+        target.description,
+        describe_load(&args)
+    );
+
+    let cpu_start = process_cpu_seconds();
+    let start = Instant::now();
+    let deadline = start + args.duration;
+    let (tx, latency) = spawn_latency(start);
+    let sampler = spawn_sampler(target.producer.clone(), start, deadline, args.quiet);
+    let offered = offer_load(&args, &target.producer, start, deadline, tx).await?;
+    let at_deadline = target.producer.metrics();
+    target.producer.flush().await?;
+    let elapsed_all = start.elapsed();
+    let latency = latency.await?;
+    let mut samples = sampler.await?;
+    for s in &mut samples {
+        s.latency_ms = latency.percentiles_of_second(s.second);
+    }
+    let end = target.producer.metrics();
+    target.producer.shutdown().await?;
+    let measured = Measured {
+        target: &target,
+        offered,
+        at_deadline,
+        end,
+        elapsed_all,
+        latency: &latency.all,
+        failed: latency.failed,
+        cpu: process_cpu_seconds() - cpu_start,
+        samples: &samples,
+    };
+
+    let report = build_report(&args, &measured);
+    print_summary(&report);
+    if let Some(path) = &args.report {
+        let mut json = serde_json::to_vec_pretty(&report)?;
+        json.push(b'\n');
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::draw(path, &plot_data(&args, &measured))?;
+    }
+    let failed = latency.failed;
+    if let Some(sim) = target.sim {
+        sim.shutdown().await;
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `--print-records N`: the load's records, one per line.
+fn print_records(args: &Args, n: u64) -> anyhow::Result<ExitCode> {
+    let mut load = Load::new(args);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..n {
+        out.write_all(&load.next().data)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the load goes: the embedded simulator, or the endpoint's stream.
+struct Target {
+    sim: Option<SimHandle>,
+    producer: Producer,
+    /// Open shards.
+    shards: usize,
+    description: String,
+}
+
+impl Target {
+    /// The target, or the exit code of a producer that could not start (reported).
+    async fn start(
+        args: &Args,
+        config: kpl::producer::ProducerConfig,
+    ) -> anyhow::Result<Result<Target, ExitCode>> {
+        let sim = match &args.connect.endpoint_url {
+            Some(_) => None,
+            None => {
+                let sim = Sim::start(SimConfig {
+                    enforce_limits: !args.no_limits,
+                    // A bench never reads back: the simulator keeps no copy of the data, so its
+                    // memory and CPU stay out of what is measured (see SimConfig::discard_data).
+                    discard_data: true,
+                    ..Default::default()
+                })
+                .await?;
+                sim.create_stream(&args.stream, args.shards).await?;
+                Some(sim)
+            }
+        };
+        let api = match &sim {
+            Some(sim) => sim.api(),
+            None => args.connect.api(config.request_timeout).await,
+        };
+        let producer = match Producer::new(api, &args.stream, config).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(crate::common::exit_for_producer_error(&e))),
+        };
+        let (shards, description) = match &sim {
+            Some(_) => (
+                args.shards as usize,
+                format!(
+                    "embedded kpl sim, {} shards, limits {}",
+                    args.shards,
+                    if args.no_limits { "off" } else { "on" }
+                ),
+            ),
+            None => {
+                let sdk = args.connect.sdk(Duration::from_secs(10)).await;
+                let all = sdk
+                    .list_all_shards(&kpl::client::StreamId::parse(&args.stream))
+                    .await
+                    .context("cannot list the stream's shards")?;
+                let open = all.iter().filter(|s| s.open).count();
+                let endpoint = args.connect.endpoint_url.as_deref().unwrap_or("?");
+                (
+                    open,
+                    format!("{endpoint} stream {}, {open} open shards", args.stream),
+                )
+            }
+        };
+        Ok(Ok(Target {
+            sim,
+            producer,
+            shards,
+            description,
+        }))
+    }
+}
+
+fn describe_load(args: &Args) -> String {
+    let size = match args.record_size {
+        (min, max) if min == max => format!("{min} B"),
+        (min, max) => format!("{min}-{max} B"),
+    };
+    format!(
+        "{} s, {size} records, {} keys ({}), {} payload, {}",
         args.duration.as_secs_f64(),
-        args.record_size.0,
-        args.record_size.1,
         args.keys,
         args.key_dist
             .0
@@ -356,96 +505,139 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.rate.map_or("closed loop".to_owned(), |r| format!(
             "{r} records/s offered"
         ))
-    );
+    )
+}
 
-    // Receipts are awaited in send order on their own task: latency send -> ack.
-    // Receipts are awaited in whatever order they resolve: awaiting them in send order would
-    // hold the load generator behind the slowest record (a throttled one in backoff).
+/// Send-to-ack latency of the stored user records: over the whole run, and per second of ack.
+struct Latency {
+    all: Histogram<u64>,
+    /// Index k: acked in second k+1 (k to k+1 s after the start).
+    per_second: Vec<Histogram<u64>>,
+    failed: u64,
+}
+
+impl Latency {
+    fn histogram() -> Histogram<u64> {
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+    }
+
+    /// p50, p90 and p99 in ms of the records acked in the second that ends at `second`.
+    fn percentiles_of_second(&self, second: u64) -> Option<[f64; 3]> {
+        let h = self.per_second.get(second.checked_sub(1)? as usize)?;
+        (!h.is_empty()).then(|| [0.50, 0.90, 0.99].map(|q| h.value_at_quantile(q) as f64 / 1000.0))
+    }
+}
+
+/// The task that awaits receipts, in whatever order they resolve: awaiting them in send order
+/// would hold the load generator behind the slowest record (a throttled one in backoff).
+fn spawn_latency(
+    start: Instant,
+) -> (
+    mpsc::UnboundedSender<(Instant, Outcomes)>,
+    tokio::task::JoinHandle<Latency>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Outcomes)>();
-    let failed = Arc::new(AtomicU64::new(0));
-    let latency = {
-        let failed = failed.clone();
-        tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-            let mut pending = FuturesUnordered::new();
-            let mut open = true;
-            loop {
-                tokio::select! {
-                    item = rx.recv(), if open => match item {
-                        Some((sent, outcomes)) => pending.push(async move { (sent, outcomes.stored().await) }),
-                        None => open = false,
-                    },
-                    Some((sent, (stored, lost))) = pending.next(), if !pending.is_empty() => {
-                        let micros = sent.elapsed().as_micros().max(1) as u64;
-                        let _ = hist.record_n(micros, stored);
-                        failed.fetch_add(lost, Ordering::Relaxed);
+    let task = tokio::spawn(async move {
+        let mut latency = Latency {
+            all: Latency::histogram(),
+            per_second: Vec::new(),
+            failed: 0,
+        };
+        let mut pending = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                item = rx.recv(), if open => match item {
+                    Some((sent, outcomes)) => pending.push(async move { (sent, outcomes.stored().await) }),
+                    None => open = false,
+                },
+                Some((sent, (stored, lost))) = pending.next(), if !pending.is_empty() => {
+                    let now = Instant::now();
+                    let micros = (now - sent).as_micros().max(1) as u64;
+                    let _ = latency.all.record_n(micros, stored);
+                    let second = (now - start).as_secs() as usize;
+                    if latency.per_second.len() <= second {
+                        latency.per_second.resize_with(second + 1, Latency::histogram);
                     }
-                    else => break,
+                    let _ = latency.per_second[second].record_n(micros, stored);
+                    latency.failed += lost;
                 }
+                else => break,
             }
-            hist
-        })
-    };
+        }
+        latency
+    });
+    (tx, task)
+}
 
-    let cpu_start = process_cpu_seconds();
-    let start = Instant::now();
-    let deadline = start + args.duration;
-    let sampler = {
-        let producer = producer.clone();
-        let quiet = args.quiet;
-        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut last = producer.metrics();
-            let mut tick =
-                tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-            let mut second = 0;
-            while Instant::now() < deadline + Duration::from_millis(500) {
-                tick.tick().await;
-                second += 1;
-                let m = producer.metrics();
-                let s = Sample {
-                    second,
-                    user_records: (m.user_records_put - last.user_records_put) as f64,
-                    user_mib: (m.user_records_data_put - last.user_records_data_put) as f64 / MIB,
-                    kinesis_records: (m.kinesis_records_put - last.kinesis_records_put) as f64,
-                    kinesis_mib: (m.kinesis_records_data_put - last.kinesis_records_data_put)
-                        as f64
-                        / MIB,
-                    calls: (m.put_records_calls - last.put_records_calls) as f64,
-                    throttled: (m.throttled_entries - last.throttled_entries) as f64,
-                    retries: (m.retries - last.retries) as f64,
-                };
-                if !quiet {
-                    let line = format!(
-                        "{:>4}s {:>10.0} rec/s {:>8.2} MiB/s user {:>7.2} MiB/s kinesis {:>6.0} calls/s {:>6.0} throttled {:>6} pending",
-                        s.second,
-                        s.user_records,
-                        s.user_mib,
-                        s.kinesis_mib,
-                        s.calls,
-                        s.throttled,
-                        m.user_records_pending
-                    );
-                    if terminal {
-                        eprint!("\r\x1b[2K{line}");
-                    } else {
-                        eprintln!("{line}");
-                    }
-                }
-                samples.push(s);
-                last = m;
+/// The task that takes a sample every second until half a second past the deadline: a line per
+/// second on stderr (unless `quiet`), and on a terminal the progress display below them.
+fn spawn_sampler(
+    producer: Producer,
+    start: Instant,
+    deadline: Instant,
+    quiet: bool,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tokio::spawn(async move {
+        let mut progress = Progress::new(terminal && !quiet);
+        let mut samples = Vec::new();
+        let mut last = producer.metrics();
+        let mut tick =
+            tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+        let mut second = 0;
+        while Instant::now() < deadline + Duration::from_millis(500) {
+            tick.tick().await;
+            second += 1;
+            let m = producer.metrics();
+            let s = sample(second, &last, &m);
+            if !quiet {
+                progress::eprintln_above(&format!(
+                    "{:>4}s {:>10.0} rec/s {:>8.2} MiB/s user {:>7.2} MiB/s kinesis {:>6.0} calls/s {:>6.0} throttled entries/s {:>6} pending",
+                    s.second,
+                    s.user_records,
+                    s.user_mib,
+                    s.kinesis_mib,
+                    s.calls,
+                    s.throttled,
+                    m.user_records_pending
+                ));
             }
-            if !quiet && terminal {
-                eprintln!();
-            }
-            samples
-        })
-    };
+            progress.update(&m);
+            samples.push(s);
+            last = m;
+        }
+        progress.finish();
+        samples
+    })
+}
 
-    let mut load = Load::new(&args);
+/// What second `second` added, from the metrics at its start (`last`) and end (`m`).
+fn sample(second: u64, last: &MetricsSnapshot, m: &MetricsSnapshot) -> Sample {
+    Sample {
+        second,
+        user_records: (m.user_records_put - last.user_records_put) as f64,
+        user_mib: (m.user_records_data_put - last.user_records_data_put) as f64 / MIB,
+        kinesis_records: (m.kinesis_records_put - last.kinesis_records_put) as f64,
+        kinesis_mib: (m.kinesis_records_data_put - last.kinesis_records_data_put) as f64 / MIB,
+        calls: (m.put_records_calls - last.put_records_calls) as f64,
+        throttled: (m.throttled_entries - last.throttled_entries) as f64,
+        retries: (m.retries - last.retries) as f64,
+        latency_ms: None,
+    }
+}
+
+/// Offers load until the deadline, exactly (a send waiting for buffer room is abandoned then);
+/// every receipt goes to `receipts`. Returns the user records offered.
+async fn offer_load(
+    args: &Args,
+    producer: &Producer,
+    start: Instant,
+    deadline: Instant,
+    receipts: mpsc::UnboundedSender<(Instant, Outcomes)>,
+) -> anyhow::Result<u64> {
+    let mut load = Load::new(args);
     let mut offered = 0u64;
-    // Offer load until the deadline, exactly: a send waiting for buffer room is abandoned then.
     let offer = async {
         loop {
             if let Some(rate) = args.rate {
@@ -460,7 +652,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match producer.send_batch(records).await {
                     Ok(future) => {
                         offered += n;
-                        if tx.send((sent, Outcomes::Batch(future))).is_err() {
+                        if receipts.send((sent, Outcomes::Batch(future))).is_err() {
                             return Ok(());
                         }
                     }
@@ -474,7 +666,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match producer.send(record).await {
                     Ok(future) => {
                         offered += 1;
-                        if tx.send((sent, Outcomes::One(future))).is_err() {
+                        if receipts.send((sent, Outcomes::One(future))).is_err() {
                             return Ok(());
                         }
                     }
@@ -486,81 +678,42 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Ok(result) = tokio::time::timeout_at(deadline, offer).await {
         result?;
     }
-    let at_deadline = producer.metrics();
-    producer.flush().await?;
-    let elapsed_all = start.elapsed();
-    drop(tx);
-    let hist = latency.await?;
-    let samples = sampler.await?;
-    let end = producer.metrics();
-    producer.shutdown().await?;
-    let cpu = process_cpu_seconds() - cpu_start;
-
-    let report = build_report(
-        &args,
-        &target,
-        shards,
-        offered,
-        &at_deadline,
-        &end,
-        elapsed_all,
-        &hist,
-        failed.load(Ordering::Relaxed),
-        cpu,
-        sim.is_some(),
-        &samples,
-    );
-    print_summary(&report);
-    if let Some(path) = &args.report {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, plot(&samples, &at_deadline, shards, args.duration))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(sim) = sim {
-        sim.shutdown().await;
-    }
-    Ok(if failed.load(Ordering::Relaxed) == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(offered)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_report(
-    args: &Args,
-    target: &str,
-    shards: usize,
+/// Everything a run measured.
+struct Measured<'a> {
+    target: &'a Target,
     offered: u64,
-    at_deadline: &MetricsSnapshot,
-    end: &MetricsSnapshot,
+    at_deadline: MetricsSnapshot,
+    end: MetricsSnapshot,
     elapsed_all: Duration,
-    hist: &Histogram<u64>,
+    latency: &'a Histogram<u64>,
     failed: u64,
     cpu: f64,
-    embedded: bool,
-    samples: &[Sample],
-) -> serde_json::Value {
+    samples: &'a [Sample],
+}
+
+/// A shard's byte utilization over `secs` of load: 1.0 is 1 MiB/s throughout.
+fn shard_utilization(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (SHARD_WRITE_BYTES_PER_SEC as f64 * secs)
+}
+
+fn build_report(args: &Args, m: &Measured<'_>) -> serde_json::Value {
+    let (at_deadline, end, hist, shards) = (&m.at_deadline, &m.end, m.latency, m.target.shards);
     let secs = args.duration.as_secs_f64();
     let capacity_bytes = shards as f64 * SHARD_WRITE_BYTES_PER_SEC as f64 * secs;
     let capacity_records = shards as f64 * SHARD_WRITE_RECORDS_PER_SEC as f64 * secs;
     let hottest = at_deadline
         .shards
         .iter()
-        .map(|(id, c)| {
-            (
-                id.clone(),
-                c.bytes as f64 / (SHARD_WRITE_BYTES_PER_SEC as f64 * secs),
-            )
-        })
+        .map(|(id, c)| (id.clone(), shard_utilization(c.bytes, secs)))
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let entries = end.put_records_entries.max(1) as f64;
     // Steady state: the seconds after the first, while load was offered.
-    let steady: Vec<&Sample> = samples
+    let steady: Vec<&Sample> = m
+        .samples
         .iter()
         .filter(|s| s.second > 1 && (s.second as f64) <= secs)
         .collect();
@@ -570,7 +723,7 @@ fn build_report(
         steady.iter().map(|s| s.kinesis_mib).sum::<f64>() / steady.len() as f64
     };
     json!({
-        "target": target,
+        "target": m.target.description,
         "shards": shards,
         "duration_seconds": secs,
         "load": {
@@ -580,10 +733,10 @@ fn build_report(
             "payload": args.payload,
             "rate": args.rate,
             "send_batch": args.send_batch,
-            "user_records_offered": offered,
+            "user_records_offered": m.offered,
         },
         "user_records_put": end.user_records_put,
-        "user_records_failed": failed,
+        "user_records_failed": m.failed,
         "user_bytes_put": end.user_records_data_put,
         "kinesis_records_put": end.kinesis_records_put,
         "kinesis_bytes_put": end.kinesis_records_data_put,
@@ -603,21 +756,21 @@ fn build_report(
             "hottest_shard": hottest.0,
             "hottest_shard_byte_utilization": hottest.1,
         },
-        "drain_seconds": (elapsed_all.as_secs_f64() - secs).max(0.0),
+        "drain_seconds": (m.elapsed_all.as_secs_f64() - secs).max(0.0),
         "latency_ms": {
             "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0,
         },
-        "cpu_seconds": cpu,
-        "cpu_seconds_per_million_user_records": cpu / (end.user_records_put.max(1) as f64 / 1e6),
-        "cpu_includes_embedded_simulator": embedded,
+        "cpu_seconds": m.cpu,
+        "cpu_seconds_per_million_user_records": m.cpu / (end.user_records_put.max(1) as f64 / 1e6),
+        "cpu_includes_embedded_simulator": m.target.sim.is_some(),
         "peak_rss_mib": peak_rss_mib(),
         "shards_detail": at_deadline.shards.iter().map(|(id, c)| json!({
             "shard_id": id,
             "kinesis_records": c.kinesis_records,
             "bytes": c.bytes,
-            "byte_utilization": c.bytes as f64 / (SHARD_WRITE_BYTES_PER_SEC as f64 * secs),
+            "byte_utilization": shard_utilization(c.bytes, secs),
         })).collect::<Vec<_>>(),
-        "per_second": samples.iter().map(|s| json!({
+        "per_second": m.samples.iter().map(|s| json!({
             "second": s.second,
             "user_records": s.user_records,
             "user_mib": s.user_mib,
@@ -626,138 +779,72 @@ fn build_report(
             "put_records_calls": s.calls,
             "throttled_entries": s.throttled,
             "retries": s.retries,
+            "latency_ms": s.latency_ms.map(|[p50, p90, p99]| json!({"p50": p50, "p90": p90, "p99": p99})),
         })).collect::<Vec<_>>(),
     })
 }
 
 fn print_summary(r: &serde_json::Value) {
     let d = &r["during_load"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     eprintln!(
-        "kpl bench: {:.0} user records/s, {:.2} MiB/s user ({:.2} MiB/s per shard); {:.0} Kinesis records/s, {:.1} calls/s",
-        d["user_records_per_second"].as_f64().unwrap_or(0.0),
-        d["user_mib_per_second"].as_f64().unwrap_or(0.0),
-        d["user_mib_per_shard_second"].as_f64().unwrap_or(0.0),
-        d["kinesis_records_per_second"].as_f64().unwrap_or(0.0),
-        d["put_records_calls_per_second"].as_f64().unwrap_or(0.0),
+        "kpl bench: {:.0} user records/s, {:.2} MiB/s user ({:.2} MiB/s per shard); {:.0} Kinesis records/s, {:.1} PutRecords calls/s",
+        f(&d["user_records_per_second"]),
+        f(&d["user_mib_per_second"]),
+        f(&d["user_mib_per_shard_second"]),
+        f(&d["kinesis_records_per_second"]),
+        f(&d["put_records_calls_per_second"]),
     );
     eprintln!(
-        "kpl bench: shard utilization {:.1}% bytes ({:.1}% steady), {:.1}% records; hottest {} at {:.1}%; throttled {:.2}% of entries; {} retries",
-        100.0 * d["byte_utilization"].as_f64().unwrap_or(0.0),
-        100.0 * d["steady_byte_utilization"].as_f64().unwrap_or(0.0),
-        100.0 * d["record_utilization"].as_f64().unwrap_or(0.0),
-        d["hottest_shard"].as_str().unwrap_or("-"),
-        100.0 * d["hottest_shard_byte_utilization"].as_f64().unwrap_or(0.0),
-        100.0 * r["throttled_fraction"].as_f64().unwrap_or(0.0),
+        "kpl bench: shard utilization {:.1}% bytes ({:.1}% steady), {:.1}% records; hottest {} at {:.1}%; {} Kinesis entries throttled ({:.2}% of entries sent); {} user record retries",
+        100.0 * f(&d["byte_utilization"]),
+        100.0 * f(&d["steady_byte_utilization"]),
+        100.0 * f(&d["record_utilization"]),
+        d["hottest_shard"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("-"),
+        100.0 * f(&d["hottest_shard_byte_utilization"]),
+        r["throttled_entries"],
+        100.0 * f(&r["throttled_fraction"]),
         r["retries"],
     );
     let l = &r["latency_ms"];
     eprintln!(
-        "kpl bench: latency send->ack p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.1} CPU s per million user records{}; peak RSS {:.0} MiB; {} failed",
-        l["p50"].as_f64().unwrap_or(0.0),
-        l["p90"].as_f64().unwrap_or(0.0),
-        l["p99"].as_f64().unwrap_or(0.0),
-        l["max"].as_f64().unwrap_or(0.0),
-        r["cpu_seconds_per_million_user_records"]
-            .as_f64()
-            .unwrap_or(0.0),
+        "kpl bench: latency send->ack p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.1} CPU s per million user records{}; peak RSS {:.0} MiB; {} user records failed",
+        f(&l["p50"]),
+        f(&l["p90"]),
+        f(&l["p99"]),
+        f(&l["max"]),
+        f(&r["cpu_seconds_per_million_user_records"]),
         if r["cpu_includes_embedded_simulator"] == true {
             " (incl. the simulator)"
         } else {
             ""
         },
-        r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        f(&r["peak_rss_mib"]),
         r["user_records_failed"],
     );
 }
 
-/// Two panels: throughput and throttling per second; byte utilization per shard.
-fn plot(samples: &[Sample], end: &MetricsSnapshot, shards: usize, duration: Duration) -> String {
-    let (w, h, pad) = (900.0, 260.0, 50.0);
-    let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n",
-        2.0 * h + 40.0
-    );
-    let n = samples.len().max(2) as f64;
-    let max_y = samples
-        .iter()
-        .map(|s| s.user_mib.max(s.kinesis_mib))
-        .fold(shards as f64, f64::max)
-        * 1.1;
-    let max_t = samples.iter().map(|s| s.throttled).fold(1.0, f64::max);
-    let x = |i: f64| pad + (w - 2.0 * pad) * i / (n - 1.0);
-    let y = |v: f64, m: f64| h - pad + 10.0 - (h - 2.0 * pad) * v / m;
-    let line = |f: &dyn Fn(&Sample) -> f64, m: f64| -> String {
-        samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{:.1},{:.1}", x(i as f64), y(f(s), m)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let _ = writeln!(
-        svg,
-        "<text x='{pad}' y='20'>MiB/s per second: user (blue), Kinesis (green), shard capacity (grey dashes); throttled entries/s (red, right scale, max {max_t:.0})</text>"
-    );
-    let _ = writeln!(
-        svg,
-        "<line x1='{pad}' x2='{}' y1='{:.1}' y2='{:.1}' stroke='grey' stroke-dasharray='4'/>",
-        w - pad,
-        y(shards as f64, max_y),
-        y(shards as f64, max_y)
-    );
-    for (f, color, m) in [
-        (
-            &(|s: &Sample| s.user_mib) as &dyn Fn(&Sample) -> f64,
-            "blue",
-            max_y,
+fn plot_data<'a>(args: &Args, m: &Measured<'a>) -> PlotData<'a> {
+    let secs = args.duration.as_secs_f64();
+    PlotData {
+        title: format!(
+            "kpl bench: {}; {}",
+            m.target.description,
+            describe_load(args)
         ),
-        (&|s: &Sample| s.kinesis_mib, "green", max_y),
-        (&|s: &Sample| s.throttled, "red", max_t),
-    ] {
-        let _ = writeln!(
-            svg,
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            line(f, m)
-        );
+        samples: m.samples,
+        shards: m
+            .at_deadline
+            .shards
+            .iter()
+            .map(|(id, c)| (id.clone(), shard_utilization(c.bytes, secs)))
+            .collect(),
+        shard_count: m.target.shards,
+        duration_secs: secs,
     }
-    let _ = writeln!(
-        svg,
-        "<text x='{pad}' y='{:.0}'>0 s</text><text x='{}' y='{:.0}'>{} s</text><text x='5' y='{:.0}'>{max_y:.1}</text>",
-        h - 20.0,
-        w - pad - 20.0,
-        h - 20.0,
-        samples.len(),
-        pad
-    );
-    let top = h + 20.0;
-    let _ = writeln!(
-        svg,
-        "<text x='{pad}' y='{:.0}'>byte utilization per shard (100% = 1 MiB/s for {} s)</text>",
-        top + 10.0,
-        duration.as_secs()
-    );
-    let count = end.shards.len().max(1) as f64;
-    let bw = (w - 2.0 * pad) / count;
-    for (i, (_, c)) in end.shards.iter().enumerate() {
-        let u = c.bytes as f64 / (SHARD_WRITE_BYTES_PER_SEC as f64 * duration.as_secs_f64());
-        let bh = (h - 2.0 * pad) * u.min(1.2) / 1.2;
-        let _ = writeln!(
-            svg,
-            "<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='steelblue'/>",
-            pad + i as f64 * bw + 1.0,
-            top + h - pad - bh,
-            (bw - 2.0).max(1.0),
-            bh
-        );
-    }
-    let full = top + h - pad - (h - 2.0 * pad) / 1.2;
-    let _ = writeln!(
-        svg,
-        "<line x1='{pad}' x2='{}' y1='{full:.1}' y2='{full:.1}' stroke='grey' stroke-dasharray='4'/><text x='5' y='{full:.1}'>100%</text>",
-        w - pad
-    );
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use kpl::client::StreamId;
 use kpl::client::sdk::StartPosition;
-use kpl::codec::deaggregate::outside_range;
+use kpl::codec::deaggregate::{DecodeError, outside_range};
 use kpl::dedup::Deduper;
 use kpl::reader::{ReaderConfig, StreamReader};
 
@@ -87,11 +87,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.format == "json";
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut user_records, mut outside, mut undecodable) = (0u64, 0u64, 0u64);
+    // Records that need a dictionary not given, by dictionary id: said once at the end.
+    let mut missing_dictionaries = std::collections::BTreeMap::<u32, u64>::new();
     'read: while let Some(batch) = reader.next_batch().await? {
         for r in batch {
             let records =
                 match deaggregator.deaggregate(&r.record.data, &r.record.partition_key, None) {
                     Ok(records) => records,
+                    Err(DecodeError::UnknownDictionary(id)) => {
+                        undecodable += 1;
+                        *missing_dictionaries.entry(id).or_default() += 1;
+                        continue;
+                    }
                     Err(e) => {
                         undecodable += 1;
                         eprintln!("kpl cat: {} {}: {e}", r.shard_id, r.record.sequence_number);
@@ -145,6 +152,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match out.flush() {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         other => other?,
+    }
+    for (id, n) in &missing_dictionaries {
+        eprintln!(
+            "kpl cat: {n} Kinesis records were not decoded: each needs zstd dictionary {id}, which was not given; pass the writer's dictionary with --zstd-dict FILE"
+        );
     }
     if !args.quiet {
         eprintln!(

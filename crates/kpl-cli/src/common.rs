@@ -22,7 +22,7 @@ pub struct ConnectArgs {
     /// Kinesis endpoint URL [default: AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL, or the
     /// region's AWS endpoint]. A loopback endpoint with no credentials configured is signed with
     /// placeholder credentials.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint_url)]
     pub endpoint_url: Option<String>,
     /// AWS region [default: AWS_REGION, the profile's, or us-east-1].
     #[arg(long)]
@@ -162,6 +162,20 @@ impl DecodeArgs {
             d = d.with_dictionary(&load_dictionary(path)?);
         }
         Ok(d)
+    }
+}
+
+/// An endpoint is an http(s) URL: anything else would only fail later, as a credentials or
+/// connection error that does not name the flag.
+pub fn parse_endpoint_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?} is not an endpoint URL: use e.g. http://127.0.0.1:4567 or https://kinesis.us-east-1.amazonaws.com"
+        )),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 some records failed (they are reported); 2 usage, configuration,
 //! credential or stream errors (nothing could be done), with a message that says what to do.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,8 @@ mod common;
 mod cpu;
 mod decode;
 mod dict;
+mod plot;
+mod progress;
 mod put;
 mod sim;
 
@@ -23,7 +26,7 @@ mod sim;
 struct Cli {
     /// Threads that run the producer, the AWS client and everything else: 1 runs all on the
     /// calling thread (least CPU per record); default: one per core (most throughput).
-    #[arg(long, global = true, value_name = "N", env = "KPL_THREADS")]
+    #[arg(long, global = true, value_name = "N", env = "KPL_THREADS", value_parser = parse_threads)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -46,6 +49,14 @@ enum Command {
     Dict(dict::Command),
 }
 
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("use at least 1 thread".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of threads")),
+    }
+}
+
 /// mimalloc: the pipeline frees each record's key and data as it aggregates them, a pattern on
 /// which glibc's malloc spends its time consolidating free lists (measured in BENCHMARKS.md).
 #[global_allocator]
@@ -57,7 +68,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
         )
-        .with_writer(std::io::stderr)
+        // Log lines print above a progress display instead of tearing it; no colour codes
+        // in a file or a pipe.
+        .with_writer(progress::LogWriter)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -72,7 +86,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
+            .worker_threads(n)
             .enable_all()
             .build(),
         None => tokio::runtime::Runtime::new(),

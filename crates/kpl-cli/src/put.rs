@@ -166,7 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let progress = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| tokio::spawn(show_progress(producer.clone(), started)));
+        .then(|| tokio::spawn(crate::progress::show(producer.clone())));
 
     let mut tally = Tally::default();
     while let Some(outcome) = rx.recv().await {
@@ -210,7 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = progress {
         p.abort();
-        eprint!("\r\x1b[2K");
+        let _ = p.await;
     }
     if let Some(file) = &mut failed_file {
         file.flush().await?;
@@ -221,8 +221,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_summary(&tally, &producer, elapsed);
     }
     if let Some(path) = &args.summary_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut json = serde_json::to_vec_pretty(&summary)?;
+        json.push(b'\n');
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(fatal) = &tally.fatal {
         eprintln!("kpl put: stopped early: {fatal}");
@@ -349,7 +350,7 @@ fn watch_signals(stop: Arc<AtomicBool>) {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("\nkpl put: stopping: flushing what was read");
+        crate::progress::eprintln_above("kpl put: stopping: flushing what was read");
         stop.store(true, Ordering::SeqCst);
     });
 }
@@ -367,24 +368,6 @@ fn reason_label(reason: &FailureReason) -> String {
         FailureReason::AttemptsExhausted { .. } => "AttemptsExhausted".into(),
         FailureReason::Lost => "Lost".into(),
         other => format!("{other}"),
-    }
-}
-
-async fn show_progress(producer: Producer, started: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let m = producer.metrics();
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        eprint!(
-            "\r\x1b[2K{:>10.0} rec/s {:>8.2} MiB/s  in flight {:>7}  retries {:>6}  failed {:>6}",
-            m.user_records_put as f64 / secs,
-            m.user_records_data_put as f64 / secs / 1048576.0,
-            m.user_records_pending,
-            m.retries,
-            m.failed_records,
-        );
     }
 }
 
@@ -429,7 +412,7 @@ fn print_summary(tally: &Tally, producer: &Producer, elapsed: Duration) {
         tally.stored_bytes as f64 / secs / 1048576.0,
     );
     eprintln!(
-        "kpl put: {} retries, {} throttled entries, {} empty lines skipped, {} failed",
+        "kpl put: {} user record retries, {} Kinesis entries throttled, {} empty lines skipped, {} user records failed",
         m.retries,
         m.throttled_entries,
         tally.empty_lines_skipped,

@@ -383,4 +383,245 @@ async fn a_trained_dictionary_and_dedup_ids_round_trip_through_lost_answers() {
         "{}",
         stderr(&no_dict)
     );
+    // Said once, with the count, not once per record.
+    let said = stderr(&no_dict)
+        .lines()
+        .filter(|l| l.contains("zstd dictionary"))
+        .count();
+    assert_eq!(said, 1, "{}", stderr(&no_dict));
+    assert!(
+        stderr(&no_dict).contains("Kinesis records were not decoded"),
+        "{}",
+        stderr(&no_dict)
+    );
+}
+
+/// Runs `kpl` on another thread, for tests that serve Kinesis from their own runtime.
+async fn kpl_async(args: &[&str], stdin: &[u8]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kpl(&args, &stdin)
+    })
+    .await
+    .unwrap()
+}
+
+/// A message a user reads: one sentence per cause, no doubled full stop, no SDK `Debug` dump,
+/// no colour codes.
+fn assert_reads_clean(text: &str) {
+    assert!(!text.contains(".."), "doubled punctuation: {text}");
+    assert!(!text.contains("DispatchFailure("), "a Debug dump: {text}");
+    assert!(!text.contains("ConnectorError {"), "a Debug dump: {text}");
+    assert!(!text.contains('\x1b'), "ANSI codes in a pipe: {text:?}");
+}
+
+#[test]
+fn bench_flags_out_of_range_are_usage_errors_that_name_the_flag() {
+    for (args, flag) in [
+        (&["bench", "--shards", "100000"][..], "--shards"),
+        (&["bench", "--shards", "0"], "--shards"),
+        (&["bench", "--duration", "0s"], "--duration"),
+        (&["bench", "--duration", "500ms"], "--duration"),
+        (&["bench", "--rate", "0"], "--rate"),
+        (&["bench", "--keys", "0"], "--keys"),
+        (&["bench", "--plot", "out.gif"], "--plot"),
+        (&["--threads", "0", "bench"], "--threads"),
+        (
+            &["put", "--stream", "s", "--endpoint-url", "notaurl"],
+            "--endpoint-url",
+        ),
+    ] {
+        let out = kpl(args, b"");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("Stream "), "{args:?} reached Kinesis: {err}");
+        assert_reads_clean(&err);
+    }
+    // --help says where the report's fields are, and it is --help itself.
+    let help = kpl(&["bench", "--help"], b"");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    assert!(!help.contains("README"), "{help}");
+    for field in ["steady_byte_utilization", "throttled_entries", "per_second"] {
+        assert!(help.contains(field), "{field} undocumented: {help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_endpoint_or_a_missing_stream_reads_as_one_clear_sentence() {
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let out = kpl_async(&["put", "--stream", "s", "--endpoint-url", &dead], b"a\n").await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_reads_clean(&err);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(err.contains("Check the endpoint URL"), "{err}");
+
+    let sim = kpl_sim::Sim::start(kpl_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let endpoint = sim.endpoint().to_owned();
+    for args in [
+        &["put", "--stream", "missing", "--endpoint-url", &endpoint][..],
+        &["cat", "--stream", "missing", "--endpoint-url", &endpoint],
+    ] {
+        let out = kpl_async(args, b"a\n").await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("ResourceNotFoundException"), "{args:?}: {err}");
+        assert_reads_clean(&err);
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_endpoint_logs_its_failure_once_in_plain_text_and_summaries_name_their_units() {
+    use kpl_sim::{Faults, RequestFault, Sim, SimConfig};
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    sim.create_stream("f", 1).await.unwrap();
+    // Every call fails: each record is tried three times, each try logs a warning.
+    sim.set_faults(Faults {
+        request_errors: vec![RequestFault {
+            code: "InternalFailure".into(),
+            status: 500,
+            probability: 1.0,
+        }],
+        ..Default::default()
+    });
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-flaky");
+    std::fs::create_dir_all(&dir).unwrap();
+    let summary = dir.join("summary.json");
+    let endpoint = sim.endpoint().to_owned();
+    let input: Vec<u8> = (0..20)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let out = kpl_async(
+        &[
+            "put",
+            "--stream",
+            "f",
+            "--endpoint-url",
+            &endpoint,
+            "--max-attempts",
+            "4",
+            "--max-buffered-time",
+            "10ms",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        &input,
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_reads_clean(&err);
+    let logged = err
+        .lines()
+        .filter(|l| l.contains("PutRecords call failed") && !l.contains("more like this"))
+        .count();
+    let failed_calls: u64 = sim.stats().request_errors.values().sum();
+    assert!(failed_calls >= 4, "{:?}", sim.stats());
+    assert_eq!(logged, 1, "the first failure, the rest counted: {err}");
+    assert!(
+        err.contains(&format!(
+            "PutRecords call failed: {} more like this in the last",
+            failed_calls - 1
+        )),
+        "the count is written at shutdown: {err}"
+    );
+    assert!(err.contains("user record retries"), "{err}");
+    assert!(err.contains("Kinesis entries throttled"), "{err}");
+    assert!(err.contains("20 user records failed"), "{err}");
+    let json = std::fs::read(&summary).unwrap();
+    assert_eq!(json.last(), Some(&b'\n'), "the summary file ends its line");
+    let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(parsed["failed_records"], 20);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_plots_are_a_well_formed_svg_and_a_png_with_labelled_axes() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-plot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svg, png, report) = (dir.join("p.svg"), dir.join("p.png"), dir.join("r.json"));
+    let bench = |plot: &std::path::Path, report: Option<&std::path::Path>| {
+        let mut args = vec![
+            "bench".to_owned(),
+            "--shards".into(),
+            "2".into(),
+            "--duration".into(),
+            "2s".into(),
+            "--rate".into(),
+            "500".into(),
+            "--quiet".into(),
+            "--plot".into(),
+            plot.to_str().unwrap().into(),
+        ];
+        if let Some(r) = report {
+            args.extend(["--report".into(), r.to_str().unwrap().into()]);
+        }
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kpl(&args, b"")
+        })
+    };
+    let (a, b) = tokio::join!(bench(&svg, Some(&report)), bench(&png, None));
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_reads_clean(&stderr(&out));
+    }
+
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    for label in [
+        "time since start (s)",
+        "MiB/s",
+        "Kinesis entries/s",
+        "latency (ms)",
+        "% of 1 MiB/s",
+        "capacity: 2 shards x 1 MiB/s",
+        "capacity: 1 MiB/s per shard",
+        "p99",
+        "0",
+        "1",
+    ] {
+        assert!(texts.contains(&label), "no {label:?} in {texts:?}");
+    }
+
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "the PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert!(
+        (800..=4000).contains(&width) && (500..=4000).contains(&height),
+        "{width}x{height}"
+    );
+    assert!(
+        bytes.len() > 20_000,
+        "a picture, not a blank: {} bytes",
+        bytes.len()
+    );
+
+    let report = std::fs::read(&report).unwrap();
+    assert_eq!(report.last(), Some(&b'\n'));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert!(
+        report["per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["latency_ms"]["p99"].is_number()),
+        "{report}"
+    );
 }

@@ -37,7 +37,7 @@ impl Pipeline {
         match completed.result {
             Err(error) => {
                 let (error, retryable) = classify_call_error(&error);
-                tracing::warn!(stream = %self.stream, error = %error, retryable, "PutRecords call failed");
+                crate::log_limit::warn_limited!("PutRecords call failed", format_args!("stream={} code={}", self.stream, error.code); stream = %self.stream, error = %error, retryable, "PutRecords call failed");
                 self.metrics.error(&error.code, sent);
                 while let Some(mut record) = self.answering.pop() {
                     record.attempts.push(attempt(Some(error.clone())));
@@ -50,7 +50,7 @@ impl Pipeline {
             }
             Ok(results) if results.len() != sent => {
                 let error = mismatch_error(sent, results.len());
-                tracing::warn!(stream = %self.stream, "{}", error.message);
+                crate::log_limit::warn_limited!("PutRecords answer mismatched", format_args!("stream={}", self.stream); stream = %self.stream, "{}", error.message);
                 self.metrics.error(&error.code, sent);
                 while let Some(mut record) = self.answering.pop() {
                     record.attempts.push(attempt(Some(error.clone())));

@@ -68,7 +68,7 @@ impl Pipeline {
                     Err(_) => ApiError::timeout(timeout),
                 };
                 let retryable = error.is_retryable();
-                tracing::warn!(stream = %stream, %error, retryable, "ListShards failed");
+                crate::log_limit::warn_limited!("ListShards failed", format_args!("stream={stream}"); stream = %stream, %error, retryable, "ListShards failed");
                 let _ = tx.send(Refresh::Failed(error));
                 if !retryable {
                     return;
