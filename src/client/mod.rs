@@ -178,7 +178,16 @@ pub enum ApiErrorKind {
     Connection,
     /// No usable credentials, or they were rejected before the call was made.
     Credentials,
-    /// Anything else: a response that could not be read, a bug.
+    /// The credentials could not be had for now, but a later attempt may get them: a provider
+    /// that refreshes them (instance or container metadata, STS, SSO, a credential process)
+    /// failed or timed out, or the token it gave has expired ([`ApiError::code`]
+    /// `ExpiredTokenException`). Retryable.
+    CredentialsTransient,
+    /// An answer arrived but could not be read: its body was cut short, or it is not what the
+    /// call returns. Retryable when its status ([`ApiError::status`]) is 2xx, 5xx or 429;
+    /// another 4xx (a proxy or gateway saying no) is not.
+    Response,
+    /// Anything else: a bug.
     Other,
 }
 
@@ -231,13 +240,20 @@ impl ApiError {
         }
     }
 
-    /// Whether retrying the same call may succeed. Timeouts, connection errors, throttling,
-    /// `InternalFailure` / 5xx and unknown errors are retryable; everything the caller must fix
-    /// (missing stream, access, KMS key state, validation, credentials) is not.
+    /// Whether retrying the same call may succeed. Timeouts, connection errors, answers cut
+    /// short or unreadable (with a 2xx or 5xx status), throttling and 429, `InternalFailure` /
+    /// 5xx, credentials a provider will refresh, and unknown error codes are retryable;
+    /// everything the caller must fix (missing stream, access, KMS key state, validation,
+    /// rejected or static expired credentials, a 4xx without a code) is not.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
-            ApiErrorKind::Timeout | ApiErrorKind::Connection => true,
+            ApiErrorKind::Timeout
+            | ApiErrorKind::Connection
+            | ApiErrorKind::CredentialsTransient => true,
             ApiErrorKind::Credentials => false,
+            ApiErrorKind::Response => self
+                .status
+                .is_none_or(|s| !(400..500).contains(&s) || s == 429),
             ApiErrorKind::Service | ApiErrorKind::Other => match &self.code {
                 Some(code) => is_retryable_code(code),
                 None => self.status.is_none_or(|s| s >= 500 || s == 429),
@@ -251,6 +267,8 @@ impl ApiError {
             ApiErrorKind::Timeout => "the call timed out",
             ApiErrorKind::Connection => "could not reach the Kinesis endpoint",
             ApiErrorKind::Credentials => "no usable AWS credentials",
+            ApiErrorKind::CredentialsTransient => "the AWS credentials are unavailable for now",
+            ApiErrorKind::Response => "the answer could not be read",
             ApiErrorKind::Other => "the call failed",
         };
         let mut s = what.to_owned();
@@ -265,7 +283,11 @@ impl ApiError {
         if !message.is_empty() {
             s.push_str(&format!(": {message}"));
         }
-        if let Some(hint) = self.code.as_deref().and_then(hint_for_code) {
+        if self.kind == ApiErrorKind::CredentialsTransient {
+            s.push_str(
+                ". It is retried; if it persists, check the credentials provider (instance role, SSO session, credential process)",
+            );
+        } else if let Some(hint) = self.code.as_deref().and_then(hint_for_code) {
             s.push_str(&format!(". {hint}"));
         } else if self.kind == ApiErrorKind::Credentials {
             s.push_str(
@@ -305,6 +327,7 @@ pub fn is_fatal_code(code: &str) -> bool {
             | "KMSOptInRequired"
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
             | "IncompleteSignature"
             | "MissingAuthenticationToken"
             | "ExpiredTokenException"
@@ -339,6 +362,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         }
         "UnrecognizedClientException"
         | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
         | "ExpiredTokenException"
         | "InvalidClientTokenId" => "The AWS credentials were rejected: refresh or replace them",
         _ => return None,

@@ -4,9 +4,12 @@
 //! Also the calls the CLI and the tests need beyond the producer's three (read a shard, create,
 //! reshard), as inherent methods.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
@@ -42,6 +45,7 @@ pub struct ConnectOptions {
 #[derive(Clone, Debug)]
 pub struct SdkKinesis {
     client: Client,
+    credentials: CredentialsKind,
 }
 
 /// The HTTP client: hyper with rustls on ring (no aws-lc, no OpenSSL).
@@ -54,9 +58,22 @@ pub fn https_client() -> aws_sdk_kinesis::config::SharedHttpClient {
 }
 
 impl SdkKinesis {
-    /// Wraps a client as configured by the caller (keep its retries off).
+    /// Wraps a client as configured by the caller (keep its retries off). The client does
+    /// not tell which credentials provider it has, so an `ExpiredTokenException` is fatal;
+    /// [`SdkKinesis::from_sdk_config`] knows the provider and retries an expired token from
+    /// one that refreshes.
     pub fn new(client: Client) -> Self {
-        SdkKinesis { client }
+        SdkKinesis::with_provider(client, None)
+    }
+
+    fn with_provider(client: Client, provider: Option<SharedCredentialsProvider>) -> Self {
+        SdkKinesis {
+            client,
+            credentials: CredentialsKind {
+                provider,
+                refreshes: Arc::new(tokio::sync::OnceCell::new()),
+            },
+        }
     }
 
     /// A client from `sdk` with SDK retries off and `attempt_timeout` per call attempt.
@@ -75,7 +92,10 @@ impl SdkKinesis {
         if sdk.region().is_none() {
             builder = builder.region(Region::new(FALLBACK_REGION));
         }
-        SdkKinesis::new(Client::from_conf(builder.build()))
+        SdkKinesis::with_provider(
+            Client::from_conf(builder.build()),
+            sdk.credentials_provider(),
+        )
     }
 
     /// Loads aws-config's default chain (credentials, region, endpoint variables), overridden
@@ -259,25 +279,29 @@ impl SdkKinesis {
     }
 }
 
-/// Whether `endpoint` names this machine (127.0.0.0/8, localhost, [::1]).
+/// Whether `endpoint` names this machine (127.0.0.0/8, localhost, `[::1]`): the host the SDK
+/// connects to, parsed as the SDK parses the URL (`http::Uri`), so `http://evil?@127.0.0.1`
+/// (host `evil`) and `http://127.0.0.1.evil.com` are not local. A URL that does not parse is
+/// not local.
 pub fn is_loopback(endpoint: &str) -> bool {
-    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
-    let host = rest
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .rsplit_once('@')
-        .map_or(rest.split('/').next().unwrap_or(""), |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split(']').next().unwrap_or("").trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or("")
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return false;
     };
-    host == "localhost"
-        || host == "::1"
-        || host
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let ip = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    match ip {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => host
             .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.is_loopback()),
+    }
 }
 
 fn credentials_configured() -> bool {
@@ -331,11 +355,28 @@ pub struct RecordsPage {
 
 /// Classifies an SDK error: by the service's `code()` for service errors (a service
 /// `InternalFailure` arrives as an unmodeled variant), by the failure's nature otherwise.
+///
+/// - no answer in time: [`ApiErrorKind::Timeout`]; no connection, or one that broke before an
+///   answer: [`ApiErrorKind::Connection`];
+/// - an answer that could not be read (cut short, or a body that does not parse):
+///   [`ApiErrorKind::Response`] with its status;
+/// - a credentials provider that failed or timed out: [`ApiErrorKind::CredentialsTransient`];
+///   no credentials configured, or a configuration that cannot work:
+///   [`ApiErrorKind::Credentials`].
+///
+/// An `ExpiredTokenException` is a service error here (fatal); [`SdkKinesis`] makes it
+/// retryable when its credentials come from a provider that refreshes them.
 pub fn map_error<E>(error: SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let detail = || error_text(&error).chars().take(500).collect::<String>();
+    let plain = |kind, status| ApiError {
+        kind,
+        code: None,
+        status,
+        message: detail(),
+    };
     match &error {
         SdkError::TimeoutError(_) => ApiError {
             kind: ApiErrorKind::Timeout,
@@ -349,40 +390,17 @@ where
             } else if failure.is_io() {
                 ApiErrorKind::Connection
             } else {
-                let d = detail().to_ascii_lowercase();
-                if d.contains("credential") || d.contains("identity") {
-                    ApiErrorKind::Credentials
-                } else {
-                    ApiErrorKind::Connection
-                }
+                credentials_failure(&error).unwrap_or(ApiErrorKind::Connection)
             };
-            ApiError {
-                kind,
-                code: None,
-                status: None,
-                message: detail(),
-            }
+            plain(kind, None)
         }
-        SdkError::ConstructionFailure(_) => {
-            let d = detail();
-            let lower = d.to_ascii_lowercase();
-            ApiError {
-                kind: if lower.contains("credential") || lower.contains("identity") {
-                    ApiErrorKind::Credentials
-                } else {
-                    ApiErrorKind::Other
-                },
-                code: None,
-                status: None,
-                message: d,
-            }
+        SdkError::ConstructionFailure(_) => plain(
+            credentials_failure(&error).unwrap_or(ApiErrorKind::Other),
+            None,
+        ),
+        SdkError::ResponseError(r) => {
+            plain(ApiErrorKind::Response, Some(r.raw().status().as_u16()))
         }
-        SdkError::ResponseError(r) => ApiError {
-            kind: ApiErrorKind::Other,
-            code: None,
-            status: Some(r.raw().status().as_u16()),
-            message: detail(),
-        },
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             match error.code() {
@@ -392,20 +410,79 @@ where
                     status: Some(status),
                     message: error.message().unwrap_or_default().to_owned(),
                 },
-                None => ApiError {
-                    kind: ApiErrorKind::Service,
-                    code: None,
-                    status: Some(status),
-                    message: detail(),
-                },
+                None => plain(ApiErrorKind::Service, Some(status)),
             }
         }
-        _ => ApiError {
-            kind: ApiErrorKind::Other,
-            code: None,
-            status: None,
-            message: detail(),
-        },
+        _ => plain(ApiErrorKind::Other, None),
+    }
+}
+
+/// Whether `error` is a credentials failure, and which: a provider that failed or timed out
+/// may succeed on a later attempt; no credentials at all, or a configuration that cannot
+/// work, will not.
+fn credentials_failure(error: &(dyn std::error::Error + 'static)) -> Option<ApiErrorKind> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(match c {
+                CredentialsError::CredentialsNotLoaded(_)
+                | CredentialsError::InvalidConfiguration(_) => ApiErrorKind::Credentials,
+                _ => ApiErrorKind::CredentialsTransient,
+            });
+        }
+        next = e.source();
+    }
+    // The SDK's identity cache gives up on a slow provider with an error type of its own.
+    let text = aws_sdk_kinesis::error::DisplayErrorContext(error)
+        .to_string()
+        .to_ascii_lowercase();
+    if text.contains("identity resolver timed out") {
+        Some(ApiErrorKind::CredentialsTransient)
+    } else if text.contains("credential") || text.contains("identity") {
+        Some(ApiErrorKind::Credentials)
+    } else {
+        None
+    }
+}
+
+/// What kind of credentials a client signs with, as far as an expired token is concerned:
+/// credentials that carry an expiry time come from a provider that refreshes them (instance
+/// or container metadata, STS, SSO, a credential process that reports an expiration), so
+/// a later attempt may carry a fresh token; credentials without one never change.
+#[derive(Clone, Debug)]
+struct CredentialsKind {
+    provider: Option<SharedCredentialsProvider>,
+    /// Asked once, on the first expired token.
+    refreshes: Arc<tokio::sync::OnceCell<bool>>,
+}
+
+impl CredentialsKind {
+    async fn refreshes(&self) -> bool {
+        let Some(provider) = &self.provider else {
+            return false;
+        };
+        if let Some(known) = self.refreshes.get() {
+            return *known;
+        }
+        match provider.provide_credentials().await {
+            Ok(credentials) => {
+                *self
+                    .refreshes
+                    .get_or_init(|| async move { credentials.expiry().is_some() })
+                    .await
+            }
+            // A provider that can fail is not a static one; ask again next time.
+            Err(_) => true,
+        }
+    }
+
+    /// `error` as a retry decision needs it: an expired token from a provider that
+    /// refreshes is transient, from static credentials fatal.
+    async fn refine(&self, mut error: ApiError) -> ApiError {
+        if error.code.as_deref() == Some("ExpiredTokenException") && self.refreshes().await {
+            error.kind = ApiErrorKind::CredentialsTransient;
+        }
+        error
     }
 }
 
@@ -468,6 +545,7 @@ impl KinesisApi for SdkKinesis {
                     .build()
             })
             .collect();
+        let credentials = self.credentials.clone();
         Box::pin(async move {
             let records = records.map_err(|e| ApiError {
                 kind: ApiErrorKind::Other,
@@ -475,11 +553,10 @@ impl KinesisApi for SdkKinesis {
                 status: None,
                 message: format!("cannot build the request: {e}"),
             })?;
-            let out = req
-                .set_records(Some(records))
-                .send()
-                .await
-                .map_err(map_error)?;
+            let out = match req.set_records(Some(records)).send().await {
+                Ok(out) => out,
+                Err(e) => return Err(credentials.refine(map_error(e)).await),
+            };
             Ok(out
                 .records
                 .into_iter()
@@ -511,8 +588,12 @@ impl KinesisApi for SdkKinesis {
             (None, StreamId::Name(n)) => req.stream_name(n),
             (None, StreamId::Arn(a)) => req.stream_arn(a),
         };
+        let credentials = self.credentials.clone();
         Box::pin(async move {
-            let out = req.send().await.map_err(map_error)?;
+            let out = match req.send().await {
+                Ok(out) => out,
+                Err(e) => return Err(credentials.refine(map_error(e)).await),
+            };
             let mut shards = Vec::new();
             for s in out.shards.unwrap_or_default() {
                 let range = s
@@ -555,8 +636,12 @@ impl KinesisApi for SdkKinesis {
             StreamId::Name(n) => req.stream_name(n),
             StreamId::Arn(a) => req.stream_arn(a),
         };
+        let credentials = self.credentials.clone();
         Box::pin(async move {
-            let out = req.send().await.map_err(map_error)?;
+            let out = match req.send().await {
+                Ok(out) => out,
+                Err(e) => return Err(credentials.refine(map_error(e)).await),
+            };
             let s = out.stream_description_summary.ok_or_else(|| ApiError {
                 kind: ApiErrorKind::Other,
                 code: None,
@@ -593,6 +678,36 @@ mod tests {
             "https://kinesis.us-east-1.amazonaws.com",
             "http://10.0.0.1:4567",
             "http://localhost.evil.com",
+        ] {
+            assert!(!is_loopback(e), "{e}");
+        }
+    }
+
+    #[test]
+    fn loopback_check_parses_hostile_urls_as_the_sdk_does() {
+        // Where the connection really goes decides.
+        for e in [
+            "http://[::1]:4567",
+            "http://localhost:1",
+            "http://LOCALHOST:1",
+            "http://user@127.0.0.1",
+            "http://user:pw@127.0.0.1:4567/",
+            "http://127.0.0.1/?q=evil.com",
+        ] {
+            assert!(is_loopback(e), "{e}");
+        }
+        for e in [
+            "http://evil?@127.0.0.1",
+            "http://evil#@127.0.0.1",
+            "http://evil/@127.0.0.1",
+            "http://127.0.0.1.evil.com",
+            "http://127.0.0.1@evil.com",
+            "http://localhost@evil.com:4567",
+            "http://[::1]@evil.com",
+            "http://[::2]:4567",
+            "http://0x7f.0.0.1",
+            "not a url at all",
+            "",
         ] {
             assert!(!is_loopback(e), "{e}");
         }

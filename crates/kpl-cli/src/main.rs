@@ -2,7 +2,8 @@
 //! Kinesis with shard limits and faults, and measure shard throughput.
 //!
 //! Exit codes: 0 success; 1 some records failed (they are reported); 2 usage, configuration,
-//! credential or stream errors (nothing could be done), with a message that says what to do.
+//! credential or stream errors (nothing could be done), with a message that says what to do;
+//! `kpl put` also 130 / 143 when SIGINT / SIGTERM stopped it before every line read was stored.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

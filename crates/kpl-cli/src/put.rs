@@ -4,26 +4,44 @@
 //! empty lines are skipped and counted (Kinesis gains nothing from an empty record and log
 //! pipelines are full of them). Lines go to the producer in batches (`send_batch`: up to 500
 //! lines, or what stdin had buffered). Memory stays bounded however long the input: a batch
-//! waits for buffer room, so reading slows down to what the stream accepts.
+//! waits for buffer room, so reading slows down to what the stream accepts, and a line longer
+//! than the largest record is skipped as it is read.
+//!
+//! Every line read ends up stored or in `--failed` and the summary, whatever stops the run:
+//! the end of input (the last records go at once), a signal (reading stops at once, what was
+//! read is sent; a second signal exits at once), a fatal error (what was not sent yet is
+//! written to `--failed`).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
+use kpl::limits::LARGEST_MAX_RECORD_BYTES;
 use kpl::producer::{BatchFuture, FailureReason, Producer, SendErrorReason};
 use kpl::{HashKey, UserRecord};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, watch};
 
 use crate::common::{ConnectArgs, ProducerArgs, exit_for_producer_error};
 
 /// Arguments of `kpl put`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Every line read is stored or written to --failed, and counted in the summary, however the run \
+ends. At the end of input the last records are sent at once. SIGINT or SIGTERM stops reading \
+at once and sends what was read; a second one exits at once and writes every line not yet \
+stored to --failed (their calls may have been in flight: they may be in the stream too). A \
+line longer than the largest record (10 MiB) is skipped as it is read and reported (line \
+number and length, on stderr and in the summary): it cannot be copied to --failed.
+
+Exit status, first match wins: 2 a fatal configuration, stream or credential error (also \
+mid-run); 130 (SIGINT) or 143 (SIGTERM) a signal stopped the run and some lines read were not \
+stored; 1 some lines failed; 0 every line read was stored, signal or not.")]
 pub struct Args {
     /// Stream name or ARN.
     #[arg(long)]
@@ -36,7 +54,8 @@ pub struct Args {
     /// Route every record by this explicit hash key (decimal, 0 to 2^128-1).
     #[arg(long, value_parser = parse_hash_key)]
     explicit_hash_key: Option<HashKey>,
-    /// Write every line that was not stored to this file (one per line, as read).
+    /// Write every line that was not stored to this file (one per line, as read; a line
+    /// longer than the largest record cannot be copied here).
     #[arg(long)]
     failed: Option<PathBuf>,
     /// Write the end-of-run summary as JSON to this file.
@@ -115,6 +134,9 @@ struct Tally {
     stored: u64,
     stored_bytes: u64,
     failed: BTreeMap<String, u64>,
+    /// Lines longer than the largest record: (line number, length), the first
+    /// `LONG_LINES_LISTED` of them.
+    long_lines: Vec<(u64, u64)>,
     fatal: Option<String>,
 }
 
@@ -122,12 +144,37 @@ impl Tally {
     fn failed_total(&self) -> u64 {
         self.failed.values().sum()
     }
+
+    fn fail(&mut self, reason: impl Into<String>) {
+        *self.failed.entry(reason.into()).or_default() += 1;
+    }
 }
 
+/// Reason of a line longer than the largest record: skipped while read, never held.
+const LINE_TOO_LONG: &str = "LineTooLong";
+/// Reason of a line read but not handed to the producer because a fatal error stopped the run.
+const NOT_SENT: &str = "NotSent";
+/// Reason of a line whose record had not resolved when a second signal ended the run.
+const INTERRUPTED: &str = "Interrupted";
+/// Long lines listed in the summary (all are counted).
+const LONG_LINES_LISTED: usize = 1000;
+
+/// What the stdin reader hands the collector, in input order.
 enum Outcome {
-    /// A batch of lines was taken: its future, and each record's billed bytes.
-    Sent(BatchFuture, Vec<u64>),
-    Refused(Vec<u8>, String),
+    /// A batch the producer took.
+    Sent(SentBatch),
+    /// A line that was not sent, and why.
+    Refused(Bytes, String),
+    /// A line longer than the largest record, skipped: its number and length.
+    TooLong(u64, u64),
+}
+
+/// A batch the producer took: its future, each record's billed bytes, and its lines (shared
+/// with the records, not copied) for `--failed` if the run ends before the batch resolves.
+struct SentBatch {
+    future: BatchFuture,
+    sizes: Vec<u64>,
+    lines: Vec<Bytes>,
 }
 
 /// Lines handed to the producer at once, at most: one channel message and one future per
@@ -138,54 +185,74 @@ const BATCH_BYTES: u64 = 4 << 20;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.producer.config()?;
+    // Signals are watched before anything else, so one during startup stops the run
+    // instead of killing it.
+    let stop = Stop::default();
+    watch_signals(stop.clone());
     let api = args.connect.api(config.request_timeout).await;
     let producer = match Producer::new(api, &args.stream, config).await {
         Ok(p) => p,
         Err(e) => return Ok(exit_for_producer_error(&e)),
     };
     let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(stop.clone());
 
     let mut failed_file = match &args.failed {
-        Some(path) => Some(
+        Some(path) => Some(BufWriter::new(
             tokio::fs::File::create(path)
                 .await
                 .with_context(|| format!("cannot create {}", path.display()))?,
-        ),
+        )),
         None => None,
     };
 
-    let (tx, mut rx) = mpsc::channel::<Outcome>(4096);
+    let (tx, mut rx) = mpsc::channel::<Outcome>(64);
     let reader = {
         let producer = producer.clone();
         let stop = stop.clone();
         let strategy = args.partition_key.clone();
         let ehk = args.explicit_hash_key;
-        tokio::spawn(async move { read_lines(producer, strategy, ehk, stop, tx).await })
+        // Lines longer than any record Kinesis takes are skipped, not held.
+        let longest = producer.max_record_bytes().max(LARGEST_MAX_RECORD_BYTES);
+        let lines = LineReader::new(read_stdin(), longest);
+        tokio::spawn(async move { read_lines(producer, strategy, ehk, lines, stop, tx).await })
     };
 
     let progress = (!args.quiet && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(crate::progress::show(producer.clone())));
 
     let mut tally = Tally::default();
-    while let Some(outcome) = rx.recv().await {
+    // Batches the producer took whose records had not resolved when a second signal came.
+    let mut unresolved = Vec::new();
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            _ = stop.until(StopState::forced) => break,
+            outcome = rx.recv() => outcome,
+        };
+        let Some(outcome) = outcome else { break };
         match outcome {
-            Outcome::Sent(future, sizes) => {
-                for (result, bytes) in future.await.into_iter().zip(sizes) {
+            Outcome::Sent(mut batch) => {
+                let results = tokio::select! {
+                    biased;
+                    _ = stop.until(StopState::forced) => {
+                        unresolved.push(batch);
+                        break;
+                    }
+                    results = &mut batch.future => results,
+                };
+                for (result, bytes) in results.into_iter().zip(batch.sizes) {
                     match result {
                         Ok(_) => {
                             tally.stored += 1;
                             tally.stored_bytes += bytes;
                         }
                         Err(failure) => {
-                            let reason = reason_label(&failure.reason);
-                            *tally.failed.entry(reason).or_default() += 1;
+                            tally.fail(reason_label(&failure.reason));
                             if matches!(failure.reason, FailureReason::Fatal { .. })
                                 && tally.fatal.is_none()
                             {
                                 tally.fatal = Some(failure.to_string());
-                                stop.store(true, Ordering::SeqCst);
+                                stop.update(|s| s.fatal = true);
                             }
                             if let (Some(file), Some(record)) = (&mut failed_file, failure.record) {
                                 write_line(file, &record.data).await?;
@@ -195,18 +262,58 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             Outcome::Refused(line, reason) => {
-                *tally.failed.entry(reason).or_default() += 1;
+                tally.fail(reason);
                 if let Some(file) = &mut failed_file {
                     write_line(file, &line).await?;
                 }
             }
+            Outcome::TooLong(number, length) => tally_long_line(&mut tally, number, length),
         }
     }
-    let (lines_read, empty) = reader.await.context("the stdin reader stopped")??;
-    tally.lines_read = lines_read;
-    tally.empty_lines_skipped = empty;
-    if let Err(e) = producer.shutdown().await {
-        eprintln!("kpl put: {e}");
+    let forced = stop.get().forced();
+    if forced {
+        // Nothing more is awaited: what the reader had queued is resolved or handed back now.
+        rx.close();
+        while let Some(outcome) = rx.recv().await {
+            match outcome {
+                Outcome::Sent(batch) => unresolved.push(batch),
+                Outcome::Refused(line, reason) => {
+                    tally.fail(reason);
+                    if let Some(file) = &mut failed_file {
+                        write_line(file, &line).await?;
+                    }
+                }
+                Outcome::TooLong(number, length) => tally_long_line(&mut tally, number, length),
+            }
+        }
+    }
+    let read = reader.await.context("the stdin reader stopped")??;
+    tally.lines_read = read.lines;
+    tally.empty_lines_skipped = read.empty;
+    // Lines read but never handed to the producer (the run stopped first).
+    let held_reason = if forced { INTERRUPTED } else { NOT_SENT };
+    for (number, length) in read.long {
+        tally_long_line(&mut tally, number, length);
+    }
+    for line in &read.held {
+        tally.fail(held_reason);
+        if let Some(file) = &mut failed_file {
+            write_line(file, line).await?;
+        }
+    }
+    if forced {
+        exit_now(&producer, unresolved, &mut tally, &mut failed_file).await?;
+    } else {
+        tokio::select! {
+            biased;
+            // Every batch has resolved: a second signal has nothing left to hand back.
+            _ = stop.until(StopState::forced) => {}
+            result = producer.shutdown() => {
+                if let Err(e) = result {
+                    crate::progress::eprintln_above(&format!("kpl put: {e}"));
+                }
+            }
+        }
     }
     if let Some(p) = progress {
         p.abort();
@@ -216,7 +323,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         file.flush().await?;
     }
     let elapsed = started.elapsed();
-    let summary = summary_json(&tally, &producer, elapsed, stop.load(Ordering::SeqCst));
+    let state = stop.get();
+    let summary = summary_json(&tally, &producer, elapsed, state);
     if !args.quiet {
         print_summary(&tally, &producer, elapsed);
     }
@@ -228,92 +336,227 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fatal) = &tally.fatal {
         eprintln!("kpl put: stopped early: {fatal}");
     }
-    Ok(if tally.failed_total() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(exit_code(&tally, state))
 }
 
-/// Reads stdin until EOF or `stop`, sending one record per non-empty line, in batches.
+/// The exit status, first match wins: 2 a fatal error (configuration, stream, credentials,
+/// also mid-run); 130 / 143 a signal (SIGINT / SIGTERM) stopped the run and some lines read
+/// were not stored; 1 some lines failed; 0 every line read was stored, signal or not.
+fn exit_code(tally: &Tally, state: StopState) -> ExitCode {
+    let some_failed = tally.failed_total() > 0;
+    match state.signal {
+        _ if tally.fatal.is_some() => ExitCode::from(2),
+        Some(signal) if some_failed => ExitCode::from(signal.exit_code()),
+        _ if some_failed => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// The second signal: exit now. Every line whose record had not resolved is written to
+/// `--failed` and counted as `Interrupted`; its call may have been in flight, so it may also
+/// be in the stream.
+///
+/// This keeps put's own copy of each batch's lines. With `Producer::abort` (fail every
+/// outstanding record at once, `FailureReason::Aborted`, record handed back), call
+/// `producer.abort().await` here first and await each batch's future instead: every record
+/// resolves at once and its line comes back from the producer; the producer's own buffers
+/// are released and its calls stop.
+async fn exit_now(
+    producer: &Producer,
+    unresolved: Vec<SentBatch>,
+    tally: &mut Tally,
+    failed_file: &mut Option<BufWriter<tokio::fs::File>>,
+) -> anyhow::Result<()> {
+    // Every record the producer holds resolves now: stored if it already was, else failed
+    // with its record handed back (Aborted; "may be stored" when a call carried it).
+    producer.abort().await;
+    for batch in unresolved {
+        for ((result, bytes), line) in batch
+            .future
+            .await
+            .into_iter()
+            .zip(batch.sizes)
+            .zip(batch.lines)
+        {
+            match result {
+                Ok(_) => {
+                    tally.stored += 1;
+                    tally.stored_bytes += bytes;
+                }
+                Err(failure) => {
+                    match &failure.reason {
+                        FailureReason::Aborted { .. } => tally.fail(INTERRUPTED),
+                        reason => tally.fail(reason_label(reason)),
+                    }
+                    if let Some(file) = failed_file {
+                        write_line(file, &line).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tally_long_line(tally: &mut Tally, number: u64, length: u64) {
+    tally.fail(LINE_TOO_LONG);
+    if tally.long_lines.len() < LONG_LINES_LISTED {
+        tally.long_lines.push((number, length));
+    }
+}
+
+/// What the stdin reader did.
+struct ReadEnd {
+    lines: u64,
+    empty: u64,
+    /// Lines read and never handed to the producer, because a fatal error or a second
+    /// signal stopped the run first.
+    held: Vec<Bytes>,
+    /// Long lines the collector was not told of (it had stopped): number and length.
+    long: Vec<(u64, u64)>,
+}
+
+/// Reads stdin until EOF or a stop, sending one record per non-empty line, in batches. At
+/// the end (EOF or a first signal) it sends what it holds and flushes the producer at once,
+/// instead of letting the last records wait for `--max-buffered-time`.
 async fn read_lines(
     producer: Producer,
     strategy: KeyStrategy,
     ehk: Option<HashKey>,
-    stop: Arc<AtomicBool>,
+    mut input: LineReader,
+    stop: Stop,
     tx: mpsc::Sender<Outcome>,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<ReadEnd> {
     use rand::SeedableRng;
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let mut stdin = BufReader::with_capacity(1 << 20, tokio::io::stdin());
-    let mut buf = Vec::with_capacity(4096);
-    let (mut lines, mut empty) = (0u64, 0u64);
+    let mut end = ReadEnd {
+        lines: 0,
+        empty: 0,
+        held: Vec::new(),
+        long: Vec::new(),
+    };
     let mut batch = Vec::with_capacity(BATCH_RECORDS);
     let mut batch_bytes = 0;
-    let mut eof = false;
-    while !eof && !stop.load(Ordering::Relaxed) {
-        buf.clear();
-        if stdin.read_until(b'\n', &mut buf).await? == 0 {
-            eof = true;
-        } else {
-            lines += 1;
-            if buf.last() == Some(&b'\n') {
-                buf.pop();
-                if buf.last() == Some(&b'\r') {
-                    buf.pop();
+    loop {
+        // A line already buffered is taken at once; only a wait for input watches the stop
+        // (which batches check too), so a stop is noticed within one batch.
+        let line = match input.next_buffered() {
+            Some(line) => Some(line),
+            None => tokio::select! {
+                biased;
+                _ = stop.until(StopState::reading_stopped) => input.take_partial(),
+                line = input.next() => line?,
+            },
+        };
+        let Some(line) = line else { break };
+        end.lines += 1;
+        match line {
+            Line::TooLong { number, length } => {
+                eprintln!(
+                    "kpl put: line {number} is {length} bytes, longer than the largest record ({} bytes): skipped (it cannot be copied to --failed)",
+                    input.longest
+                );
+                if tx.send(Outcome::TooLong(number, length)).await.is_err() {
+                    end.long.push((number, length));
+                    break;
                 }
             }
-            if buf.is_empty() {
-                empty += 1;
-            } else {
-                match strategy.key_for(&buf, &mut rng) {
-                    Err(reason) => {
-                        let refused =
-                            Outcome::Refused(buf.clone(), format!("partition key: {reason}"));
-                        if tx.send(refused).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(key) => {
-                        let mut record = UserRecord::new(key, buf.clone());
-                        if let Some(h) = ehk {
-                            record = record.with_explicit_hash_key(h);
-                        }
-                        batch_bytes += record.billed_bytes() as u64;
-                        batch.push(record);
+            Line::Data(data) if data.is_empty() => end.empty += 1,
+            Line::Data(data) => match strategy.key_for(&data, &mut rng) {
+                Err(reason) => {
+                    let refused = Outcome::Refused(data, format!("partition key: {reason}"));
+                    if let Err(mpsc::error::SendError(Outcome::Refused(data, _))) =
+                        tx.send(refused).await
+                    {
+                        end.held.push(data);
+                        break;
                     }
                 }
-            }
+                Ok(key) => {
+                    let mut record = UserRecord::new(key, data);
+                    if let Some(h) = ehk {
+                        record = record.with_explicit_hash_key(h);
+                    }
+                    batch_bytes += record.billed_bytes() as u64;
+                    batch.push(record);
+                }
+            },
         }
         let full = batch.len() >= BATCH_RECORDS || batch_bytes >= BATCH_BYTES;
-        if full || eof || stdin.buffer().is_empty() {
+        if full || input.idle() {
+            if stop.get().reading_stopped() {
+                break;
+            }
             let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_RECORDS));
             batch_bytes = 0;
-            if !send_batch(&producer, records, &tx).await {
-                break;
+            if let Err(held) = send_batch(&producer, records, &tx, &stop).await {
+                end.held.extend(held);
+                return Ok(end);
             }
         }
     }
-    Ok((lines, empty))
+    // EOF, a signal, a fatal error: what is held goes now, unless sending has stopped.
+    if let Err(held) = send_batch(&producer, batch, &tx, &stop).await {
+        end.held.extend(held);
+        return Ok(end);
+    }
+    tokio::select! {
+        biased;
+        _ = stop.until(StopState::sending_stopped) => {}
+        _ = producer.flush() => {}
+    }
+    Ok(end)
 }
 
 /// Hands `records` to the producer, in order. A record it refuses is reported and the rest
 /// go again; a batch bigger than the whole buffer (a small `--max-outstanding-*`) goes in
-/// halves. False once nothing more can be sent (producer closed, or nobody reads outcomes).
+/// halves. Waiting for room ends when sending stops (a fatal error, a second signal): then,
+/// or when the producer is closed or nobody reads outcomes, the lines not handed over are
+/// returned.
 async fn send_batch(
     producer: &Producer,
     records: Vec<UserRecord>,
     tx: &mpsc::Sender<Outcome>,
-) -> bool {
+    stop: &Stop,
+) -> Result<(), Vec<Bytes>> {
     let mut pending = vec![records];
+    let held = |pending: Vec<Vec<UserRecord>>| -> Vec<Bytes> {
+        pending
+            .into_iter()
+            .rev()
+            .flatten()
+            .map(|r| r.data)
+            .collect()
+    };
     while let Some(records) = pending.pop() {
         if records.is_empty() {
             continue;
         }
+        if stop.get().sending_stopped() {
+            pending.push(records);
+            return Err(held(pending));
+        }
         let sizes = records.iter().map(|r| r.billed_bytes() as u64).collect();
-        let outcome = match producer.send_batch(records).await {
-            Ok(future) => Outcome::Sent(future, sizes),
-            Err(e) if e.reason == SendErrorReason::Closed => return false,
+        let lines: Vec<Bytes> = records.iter().map(|r| r.data.clone()).collect();
+        let taken = tokio::select! {
+            biased;
+            _ = stop.until(StopState::sending_stopped) => {
+                let mut held = held(pending);
+                held.extend(lines);
+                return Err(held);
+            }
+            taken = producer.send_batch(records) => taken,
+        };
+        let outcome = match taken {
+            Ok(future) => Outcome::Sent(SentBatch {
+                future,
+                sizes,
+                lines,
+            }),
+            Err(e) if e.reason == SendErrorReason::Closed => {
+                pending.push(e.records);
+                return Err(held(pending));
+            }
             Err(e) => {
                 let mut records = e.records;
                 let Some(i) = e.index else {
@@ -324,38 +567,329 @@ async fn send_batch(
                 };
                 let refused = records.remove(i);
                 pending.push(records);
-                Outcome::Refused(refused.data.to_vec(), e.reason.to_string())
+                Outcome::Refused(refused.data, e.reason.to_string())
             }
         };
-        if tx.send(outcome).await.is_err() {
-            return false;
+        if let Err(mpsc::error::SendError(outcome)) = tx.send(outcome).await {
+            let mut held = held(pending);
+            match outcome {
+                Outcome::Sent(batch) => held.extend(batch.lines),
+                Outcome::Refused(line, _) => held.push(line),
+                Outcome::TooLong(..) => {}
+            }
+            return Err(held);
         }
     }
-    true
+    Ok(())
 }
 
-fn watch_signals(stop: Arc<AtomicBool>) {
+/// One line of input.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// Its bytes, without the `\n` (and a `\r` before it).
+    Data(Bytes),
+    /// Longer than `LineReader::longest`: skipped as it was read, never held whole.
+    TooLong {
+        /// 1-based.
+        number: u64,
+        /// Its length in bytes, without the `\n`.
+        length: u64,
+    },
+}
+
+/// Lines out of chunks of input. Memory stays bounded whatever the input: a line longer than
+/// `longest` is counted and dropped as it is read. `next` is cancel-safe: everything read
+/// is kept in `self`.
+struct LineReader {
+    chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    /// The line read so far, when it spans chunks.
+    line: Vec<u8>,
+    /// Bytes of the current line so far, when it is over `longest` (then `line` is empty).
+    skipping: Option<u64>,
+    longest: usize,
+    number: u64,
+    eof: bool,
+}
+
+impl LineReader {
+    fn new(chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>, longest: usize) -> Self {
+        LineReader {
+            chunks,
+            chunk: Vec::new(),
+            pos: 0,
+            line: Vec::new(),
+            skipping: None,
+            longest,
+            number: 0,
+            eof: false,
+        }
+    }
+
+    /// The next line if it is complete in what was read, without waiting.
+    fn next_buffered(&mut self) -> Option<Line> {
+        let rest = self.chunk.get(self.pos..)?;
+        let i = memchr::memchr(b'\n', rest)?;
+        let chunk = std::mem::take(&mut self.chunk);
+        let line = self.end_line(&chunk[self.pos..self.pos + i]);
+        self.pos += i + 1;
+        self.chunk = chunk;
+        Some(line)
+    }
+
+    /// The next line; `None` at the end of input.
+    async fn next(&mut self) -> std::io::Result<Option<Line>> {
+        loop {
+            if self.pos < self.chunk.len() {
+                let chunk = std::mem::take(&mut self.chunk);
+                let rest = &chunk[self.pos..];
+                let line = match memchr::memchr(b'\n', rest) {
+                    Some(i) => {
+                        self.pos += i + 1;
+                        Some(self.end_line(&rest[..i]))
+                    }
+                    None => {
+                        self.append(rest);
+                        self.pos = chunk.len();
+                        None
+                    }
+                };
+                self.chunk = chunk;
+                if line.is_some() {
+                    return Ok(line);
+                }
+            }
+            if self.eof {
+                return Ok(self.take_partial());
+            }
+            match self.chunks.recv().await {
+                Some(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => self.eof = true,
+            }
+        }
+    }
+
+    /// The line read so far without its `\n` (at the end of input, or when reading stops).
+    fn take_partial(&mut self) -> Option<Line> {
+        (!self.line.is_empty() || self.skipping.is_some()).then(|| self.end_line(&[]))
+    }
+
+    /// Whether nothing more is buffered: the input is waiting for its writer.
+    fn idle(&self) -> bool {
+        self.pos >= self.chunk.len() && self.chunks.is_empty()
+    }
+
+    fn append(&mut self, part: &[u8]) {
+        if let Some(length) = &mut self.skipping {
+            *length += part.len() as u64;
+        } else if self.line.len() + part.len() > self.longest {
+            self.skipping = Some((self.line.len() + part.len()) as u64);
+            self.line = Vec::new();
+        } else {
+            // A line that spans chunks gets room for the longest line at once: no copies as
+            // it grows, and only the pages written are resident.
+            if self.line.len() + part.len() > self.line.capacity() {
+                self.line.reserve_exact(self.longest - self.line.len());
+            }
+            self.line.extend_from_slice(part);
+        }
+    }
+
+    fn end_line(&mut self, last: &[u8]) -> Line {
+        self.number += 1;
+        let mut data = if self.line.is_empty() && self.skipping.is_none() {
+            if last.len() > self.longest {
+                self.skipping = Some(last.len() as u64);
+                Vec::new()
+            } else {
+                last.to_vec()
+            }
+        } else {
+            self.append(last);
+            std::mem::take(&mut self.line)
+        };
+        if let Some(length) = self.skipping.take() {
+            return Line::TooLong {
+                number: self.number,
+                length,
+            };
+        }
+        if data.last() == Some(&b'\r') {
+            data.pop();
+        }
+        Line::Data(Bytes::from(data))
+    }
+}
+
+/// Stdin in chunks, read on a thread of its own: a read cannot be cancelled, and a thread
+/// blocked in one must not keep the process from exiting (tokio's stdin would hold the
+/// runtime's shutdown until the next line). At most a few chunks wait in the channel.
+fn read_stdin() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    use std::io::Read;
+    const CHUNK: usize = 256 << 10;
+    let (tx, rx) = mpsc::channel(4);
+    let spawned = std::thread::Builder::new()
+        .name("kpl-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(Err(e));
+        return rx;
+    }
+    rx
+}
+
+/// Which signal stopped the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Int,
+    Term,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    /// 128 + the signal's number, as shells report a process the signal ended.
+    fn exit_code(self) -> u8 {
+        match self {
+            Signal::Int => 130,
+            Signal::Term => 143,
+        }
+    }
+}
+
+/// Why and how far the run is stopping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StopState {
+    /// The first signal received.
+    signal: Option<Signal>,
+    /// Signals received (SIGINT and SIGTERM).
+    signals: u32,
+    /// A record failed with an error no retry can fix.
+    fatal: bool,
+}
+
+impl StopState {
+    /// No more lines are read (a signal or a fatal error).
+    fn reading_stopped(&self) -> bool {
+        self.signals > 0 || self.fatal
+    }
+
+    /// Lines read are no longer handed to the producer: they go to `--failed`.
+    fn sending_stopped(&self) -> bool {
+        self.fatal || self.forced()
+    }
+
+    /// A second signal: exit now.
+    fn forced(&self) -> bool {
+        self.signals >= 2
+    }
+}
+
+/// The stop state, shared by the signal watcher, the reader and the collector.
+#[derive(Clone)]
+struct Stop(Arc<watch::Sender<StopState>>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop(Arc::new(watch::Sender::new(StopState::default())))
+    }
+}
+
+impl Stop {
+    fn get(&self) -> StopState {
+        *self.0.borrow()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut StopState)) -> StopState {
+        self.0.send_modify(change);
+        self.get()
+    }
+
+    /// Returns once `condition` holds.
+    async fn until(&self, condition: fn(&StopState) -> bool) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(condition).await;
+    }
+}
+
+fn watch_signals(stop: Stop) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
             };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            loop {
+                let signal = tokio::select! {
+                    _ = int.recv() => Signal::Int,
+                    _ = term.recv() => Signal::Term,
+                };
+                announce(&stop, signal);
             }
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        crate::progress::eprintln_above("kpl put: stopping: flushing what was read");
-        stop.store(true, Ordering::SeqCst);
+        loop {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            announce(&stop, Signal::Int);
+        }
     });
 }
 
-async fn write_line(file: &mut tokio::fs::File, data: &[u8]) -> anyhow::Result<()> {
+fn announce(stop: &Stop, signal: Signal) {
+    let state = stop.update(|s| {
+        s.signals += 1;
+        s.signal.get_or_insert(signal);
+    });
+    if state.forced() {
+        eprintln!(
+            "\nkpl put: {}: exiting now; lines not stored go to --failed",
+            signal.name()
+        );
+    } else {
+        eprintln!(
+            "\nkpl put: {}: stopped reading, sending what was read (a second signal exits at once)",
+            signal.name()
+        );
+    }
+}
+
+async fn write_line(file: &mut BufWriter<tokio::fs::File>, data: &[u8]) -> anyhow::Result<()> {
     file.write_all(data).await?;
     file.write_all(b"\n").await?;
     Ok(())
@@ -375,7 +909,7 @@ fn summary_json(
     tally: &Tally,
     producer: &Producer,
     elapsed: Duration,
-    interrupted: bool,
+    stop: StopState,
 ) -> serde_json::Value {
     let m = producer.metrics();
     let secs = elapsed.as_secs_f64().max(1e-9);
@@ -394,7 +928,15 @@ fn summary_json(
         "elapsed_seconds": secs,
         "user_records_per_second": tally.stored as f64 / secs,
         "user_mib_per_second": tally.stored_bytes as f64 / secs / 1048576.0,
-        "interrupted": interrupted,
+        "long_lines_skipped": tally
+            .long_lines
+            .iter()
+            .map(|(line, bytes)| serde_json::json!({ "line": line, "bytes": bytes }))
+            .collect::<Vec<_>>(),
+        "interrupted": stop.signal.is_some(),
+        "signal": stop.signal.map(Signal::name),
+        "forced_exit": stop.forced(),
+        "stopped_by_fatal_error": tally.fatal.is_some(),
     })
 }
 
@@ -420,5 +962,96 @@ fn print_summary(tally: &Tally, producer: &Producer, elapsed: Duration) {
     );
     for (reason, n) in &tally.failed {
         eprintln!("kpl put:   {n} failed: {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader over `chunks`, lines longer than `longest` skipped.
+    fn reader(chunks: &[&[u8]], longest: usize) -> LineReader {
+        let (tx, rx) = mpsc::channel(chunks.len().max(1));
+        for c in chunks {
+            tx.try_send(Ok(c.to_vec())).unwrap();
+        }
+        LineReader::new(rx, longest)
+    }
+
+    async fn all(mut r: LineReader) -> Vec<Line> {
+        let mut out = Vec::new();
+        while let Some(line) = r.next().await.unwrap() {
+            out.push(line);
+        }
+        out
+    }
+
+    fn data(s: &str) -> Line {
+        Line::Data(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn lines_span_chunks_and_lose_their_line_ends() {
+        let r = reader(&[b"ab", b"c\r\nd\n\nef", b"g"], 100);
+        assert_eq!(
+            all(r).await,
+            [data("abc"), data("d"), data(""), data("efg")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_skipped_and_counted_whole() {
+        let r = reader(&[b"ok\n12345", b"678", b"9\nlast\n0123456789"], 5);
+        assert_eq!(
+            all(r).await,
+            [
+                data("ok"),
+                Line::TooLong {
+                    number: 2,
+                    length: 9
+                },
+                data("last"),
+                Line::TooLong {
+                    number: 4,
+                    length: 10
+                },
+            ]
+        );
+        // Exactly at the limit is a line.
+        let r = reader(&[b"12345\n"], 5);
+        assert_eq!(all(r).await, [data("12345")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_line_is_taken_when_reading_stops() {
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Ok(b"one\ntw".to_vec())).unwrap();
+        let mut r = LineReader::new(rx, 100);
+        assert_eq!(r.next().await.unwrap(), Some(data("one")));
+        assert!(!r.idle(), "\"tw\" is buffered");
+        // The input stays open: `next` waits (cancelled here); a stop takes what was read.
+        let pending = tokio::time::timeout(Duration::from_secs(1), r.next()).await;
+        assert!(pending.is_err(), "waits for more input");
+        assert!(r.idle());
+        assert_eq!(r.take_partial(), Some(data("tw")));
+        assert_eq!(r.take_partial(), None);
+        drop(tx);
+        assert_eq!(r.next().await.unwrap(), None);
+    }
+
+    #[test]
+    fn exit_status_first_match_wins() {
+        let mut tally = Tally::default();
+        let signal = StopState {
+            signal: Some(Signal::Term),
+            signals: 1,
+            fatal: false,
+        };
+        assert_eq!(exit_code(&tally, signal), ExitCode::SUCCESS);
+        tally.fail("Expired");
+        assert_eq!(exit_code(&tally, StopState::default()), ExitCode::from(1));
+        assert_eq!(exit_code(&tally, signal), ExitCode::from(143));
+        tally.fatal = Some("AccessDeniedException".into());
+        assert_eq!(exit_code(&tally, signal), ExitCode::from(2));
     }
 }

@@ -625,3 +625,405 @@ async fn bench_plots_are_a_well_formed_svg_and_a_png_with_labelled_axes() {
         "{report}"
     );
 }
+
+// ---- kpl put stops without losing a line: signals, end of input, fatal errors, long lines ----
+
+/// A `kpl put` child with its stdin piped and its stderr collected as it comes.
+struct PutChild {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    dir: std::path::PathBuf,
+}
+
+impl PutChild {
+    fn spawn(name: &str, endpoint: &str, stream: &str, extra: &[&str]) -> PutChild {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("put-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let failed = dir.join("failed.txt");
+        let summary = dir.join("summary.json");
+        let mut child = Command::new(kpl_binary())
+            .args(["put", "--stream", stream, "--endpoint-url", endpoint])
+            .args(["--failed", failed.to_str().unwrap()])
+            .args(["--summary-json", summary.to_str().unwrap()])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            let mut pipe = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stderr
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        PutChild {
+            child,
+            stdin,
+            stderr,
+            dir,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    async fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what} never happened; stderr: {}", self.stderr());
+    }
+
+    /// Waits for the exit, at most `bound`; kills the child and fails past it.
+    async fn exit_within(&mut self, bound: Duration) -> i32 {
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr thread catch up.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status.code().expect("exited, not killed by a signal");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "kpl put did not exit within {bound:?}; stderr: {}",
+            self.stderr()
+        );
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let text = std::fs::read(self.dir.join("summary.json")).expect("the summary was written");
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    fn failed_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("failed.txt"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for PutChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn sim_with_stream(stream: &str, shards: u32) -> kpl_sim::SimHandle {
+    let sim = kpl_sim::Sim::start(kpl_sim::SimConfig::default())
+        .await
+        .unwrap();
+    sim.create_stream(stream, shards).await.unwrap();
+    sim
+}
+
+/// The user records in `stream`, as lines.
+async fn stored_lines(endpoint: &str, stream: &str) -> Vec<String> {
+    common::read_all(&common::sdk(endpoint).await, stream)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.data.to_vec()).unwrap())
+        .collect()
+}
+
+/// Every line read (`p-0` ... `p-{n-1}`, in input order) is stored or in `--failed`, and
+/// the summary adds up.
+async fn every_line_read_is_accounted_for(put: &PutChild, endpoint: &str, stream: &str) -> u64 {
+    let s = put.summary();
+    let read = s["lines_read"].as_u64().unwrap();
+    let stored = s["user_records_put"].as_u64().unwrap();
+    let failed = s["failed_records"].as_u64().unwrap();
+    assert_eq!(read, stored + failed, "{s:#}");
+    let in_stream: std::collections::HashSet<String> =
+        stored_lines(endpoint, stream).await.into_iter().collect();
+    let in_failed: std::collections::HashSet<String> = put.failed_lines().into_iter().collect();
+    assert_eq!(in_failed.len() as u64, failed, "{s:#}");
+    for n in 0..read {
+        let line = format!("p-{n}");
+        assert!(
+            in_stream.contains(&line) || in_failed.contains(&line),
+            "{line} was read but is neither stored nor in --failed; {s:#}"
+        );
+    }
+    read
+}
+
+/// Writes `p-0`, `p-1`, ... in bursts of 20 lines per write until the pipe closes.
+fn paced_writer(mut stdin: std::process::ChildStdin) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        loop {
+            let mut burst = String::new();
+            for _ in 0..20 {
+                burst.push_str(&format!("p-{n}\n"));
+                n += 1;
+            }
+            if stdin.write_all(burst.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_lines_arrive_loses_no_line_read() {
+    for signal in ["TERM", "INT"] {
+        let sim = sim_with_stream("paced", 2).await;
+        let mut put = PutChild::spawn("paced", sim.endpoint(), "paced", &[]);
+        let writer = paced_writer(put.stdin.take().unwrap());
+        put.wait_until("records stored", || sim.stats().entries_forwarded >= 5)
+            .await;
+        put.signal(signal);
+        let code = put.exit_within(Duration::from_secs(30)).await;
+        writer.join().unwrap();
+        let read = every_line_read_is_accounted_for(&put, sim.endpoint(), "paced").await;
+        assert!(read > 0);
+        assert_eq!(code, 0, "every line read was stored: {}", put.stderr());
+        assert_eq!(put.summary()["signal"], format!("SIG{signal}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_kpl_put_while_stdin_is_idle() {
+    let sim = sim_with_stream("idle", 1).await;
+    let mut put = PutChild::spawn("idle", sim.endpoint(), "idle", &[]);
+    let mut stdin = put.stdin.take().unwrap();
+    stdin.write_all(b"p-0\np-1\np-2\n").unwrap();
+    // stdin stays open, with nothing more to read (an idle `tail -F`).
+    put.wait_until("records stored", || sim.stats().entries_forwarded >= 1)
+        .await;
+    put.signal("TERM");
+    let code = put.exit_within(Duration::from_secs(20)).await;
+    assert_eq!(code, 0, "{}", put.stderr());
+    assert_eq!(
+        every_line_read_is_accounted_for(&put, sim.endpoint(), "idle").await,
+        3
+    );
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_input_sends_the_last_records_at_once() {
+    let sim = sim_with_stream("eof", 1).await;
+    // Records would wait ten minutes to fill an aggregate: the end of input sends them.
+    let mut put = PutChild::spawn(
+        "eof",
+        sim.endpoint(),
+        "eof",
+        &["--max-buffered-time", "10m", "--record-ttl", "20m"],
+    );
+    let mut stdin = put.stdin.take().unwrap();
+    stdin.write_all(b"p-0\np-1\np-2\n").unwrap();
+    drop(stdin);
+    let code = put.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(code, 0, "{}", put.stderr());
+    assert_eq!(
+        every_line_read_is_accounted_for(&put, sim.endpoint(), "eof").await,
+        3
+    );
+}
+
+/// PutRecords calls of `stream` hang (not stored) for a minute.
+fn hang_puts(sim: &kpl_sim::SimHandle, stream: &str) {
+    sim.set_faults(kpl_sim::Faults {
+        stream: Some(stream.into()),
+        hang_probability: 1.0,
+        hang_ms: 60_000,
+        ..Default::default()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_at_once_with_every_unresolved_line_in_failed() {
+    let sim = sim_with_stream("forced", 1).await;
+    hang_puts(&sim, "forced");
+    let mut put = PutChild::spawn(
+        "forced",
+        sim.endpoint(),
+        "forced",
+        &["--request-timeout", "50s", "--record-ttl", "5m"],
+    );
+    let mut stdin = put.stdin.take().unwrap();
+    let input: String = (0..50).map(|n| format!("p-{n}\n")).collect();
+    stdin.write_all(input.as_bytes()).unwrap();
+    put.wait_until("a PutRecords call hangs", || sim.stats().hangs >= 1)
+        .await;
+    put.signal("INT");
+    put.wait_until("the first signal was seen", || {
+        put.stderr().contains("stopped reading")
+    })
+    .await;
+    put.signal("INT");
+    // The calls hang for a minute and time out after 50 s: only the forced exit ends it soon.
+    let code = put.exit_within(Duration::from_secs(20)).await;
+    assert_eq!(code, 130, "{}", put.stderr());
+    assert_eq!(
+        every_line_read_is_accounted_for(&put, sim.endpoint(), "forced").await,
+        50
+    );
+    let s = put.summary();
+    assert_eq!(s["user_records_put"], 0, "{s:#}");
+    assert_eq!(s["failed_by_reason"]["Interrupted"], 50, "{s:#}");
+    assert_eq!(s["forced_exit"], true, "{s:#}");
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_lines_not_stored_exits_143() {
+    let sim = sim_with_stream("term", 1).await;
+    hang_puts(&sim, "term");
+    let mut put = PutChild::spawn(
+        "term",
+        sim.endpoint(),
+        "term",
+        &[
+            "--request-timeout",
+            "200ms",
+            "--record-ttl",
+            "1s",
+            "--max-attempts",
+            "2",
+        ],
+    );
+    let mut stdin = put.stdin.take().unwrap();
+    stdin.write_all(b"p-0\np-1\np-2\np-3\n").unwrap();
+    put.wait_until("a PutRecords call hangs", || sim.stats().hangs >= 1)
+        .await;
+    put.signal("TERM");
+    let code = put.exit_within(Duration::from_secs(20)).await;
+    assert_eq!(code, 143, "{}", put.stderr());
+    assert_eq!(
+        every_line_read_is_accounted_for(&put, sim.endpoint(), "term").await,
+        4
+    );
+    assert_eq!(put.summary()["failed_records"], 4);
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_static_token_mid_run_exits_2_with_every_line_accounted_for() {
+    let sim = sim_with_stream("expired", 1).await;
+    sim.set_faults(kpl_sim::Faults {
+        stream: Some("expired".into()),
+        request_errors: vec![kpl_sim::RequestFault {
+            code: "ExpiredTokenException".into(),
+            status: 400,
+            probability: 1.0,
+        }],
+        ..Default::default()
+    });
+    // No credentials configured: a loopback endpoint signs with static placeholders, which no
+    // retry can refresh.
+    let mut put = PutChild::spawn("expired", sim.endpoint(), "expired", &[]);
+    let writer = paced_writer(put.stdin.take().unwrap());
+    let code = put.exit_within(Duration::from_secs(30)).await;
+    writer.join().unwrap();
+    assert_eq!(code, 2, "{}", put.stderr());
+    assert!(
+        put.stderr().contains("ExpiredTokenException"),
+        "{}",
+        put.stderr()
+    );
+    let read = every_line_read_is_accounted_for(&put, sim.endpoint(), "expired").await;
+    assert!(read > 0);
+    assert_eq!(put.summary()["user_records_put"], 0);
+}
+
+/// Peak resident memory of a running process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_longer_than_any_record_is_skipped_reported_and_never_held() {
+    let sim = sim_with_stream("long", 1).await;
+    let mut put = PutChild::spawn("long", sim.endpoint(), "long", &[]);
+    let mut stdin = put.stdin.take().unwrap();
+    const LONG: usize = 64 << 20;
+    let writer = std::thread::spawn(move || {
+        let before: String = (0..100).map(|n| format!("p-{n}\n")).collect();
+        stdin.write_all(before.as_bytes()).unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..LONG >> 20 {
+            stdin.write_all(&block).unwrap();
+        }
+        let after: String = (101..201).map(|n| format!("\np-{n}")).collect();
+        stdin.write_all(after.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin
+    });
+    put.wait_until("the long line was reported", || {
+        put.stderr().contains(&format!("line 101 is {LONG} bytes"))
+    })
+    .await;
+    let stdin = writer.join().unwrap();
+    // Whatever else it holds, kpl put never held the line: its peak stays under the line's size.
+    let peak = peak_rss(put.child.id());
+    assert!(
+        peak < (LONG as u64) * 3 / 4,
+        "peak RSS {peak} bytes with a {LONG}-byte line"
+    );
+    drop(stdin);
+    let code = put.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(code, 1, "{}", put.stderr());
+    let s = put.summary();
+    assert_eq!(s["lines_read"], 201, "{s:#}");
+    assert_eq!(s["user_records_put"], 200, "{s:#}");
+    assert_eq!(s["failed_by_reason"]["LineTooLong"], 1, "{s:#}");
+    assert_eq!(
+        s["long_lines_skipped"],
+        serde_json::json!([{ "line": 101, "bytes": LONG }]),
+        "{s:#}"
+    );
+    assert!(put.failed_lines().is_empty(), "the line cannot be copied");
+    let stored: std::collections::HashSet<String> = stored_lines(sim.endpoint(), "long")
+        .await
+        .into_iter()
+        .collect();
+    for n in (0..100).chain(101..201) {
+        assert!(stored.contains(&format!("p-{n}")), "p-{n}");
+    }
+}
