@@ -582,3 +582,49 @@ fn crash_child(dir: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_file_that_is_not_a_segment_is_left_alone_and_its_name_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("00000000000000000005.seg");
+    std::fs::write(&foreign, b"not a kpl spool segment at all").unwrap();
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let problems = &spool.recovery().problems;
+    assert_eq!(problems.len(), 1);
+    assert!(matches!(problems[0].kind, ProblemKind::BadHeader(_)));
+    let id = spool.append(record(0, 10), None).await.unwrap();
+    assert!(id.0 > 5, "{id}");
+    drop(spool);
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"not a kpl spool segment at all"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_ack_file_keeps_its_whole_acks_and_takes_new_ones_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+        for i in 0..4 {
+            spool.append(record(i, 10), None).await.unwrap();
+        }
+        spool.ack(SpoolId(0));
+    }
+    let acks = dir.path().join("00000000000000000000.acks");
+    let mut torn = std::fs::read(&acks).unwrap();
+    torn.extend_from_slice(&[9, 0, 0]); // half a frame header
+    std::fs::write(&acks, &torn).unwrap();
+    {
+        let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+        let problems = &spool.recovery().problems;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].file, acks);
+        assert_eq!(problems[0].kind, ProblemKind::TornTail);
+        assert_eq!(ids(&read_all(&spool)), [1, 2, 3]);
+        spool.ack(SpoolId(2));
+    }
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    assert!(spool.recovery().problems.is_empty());
+    assert_eq!(ids(&read_all(&spool)), [1, 3]);
+}

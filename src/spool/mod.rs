@@ -92,8 +92,10 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+mod config;
 mod cursor;
 mod dead_letter;
+mod error;
 mod recovery;
 mod segment;
 mod writer;
@@ -105,114 +107,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 
+pub use config::{
+    DEFAULT_MAX_SPOOL_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SYNC_INTERVAL_MS, LOCK_FILE,
+    MAX_CHECKPOINT_KEY_BYTES, MIN_SEGMENT_BYTES, SpoolConfig, SyncPolicy, WhenFull,
+};
 pub use cursor::{Cursor, SpoolReader};
+pub use error::SpoolError;
+pub use recovery::{ProblemKind, RecoveryProblem, RecoveryReport};
 pub use writer::DEAD_LETTER_FILE;
 
 use crate::dedup::DedupId;
 use crate::record::UserRecord;
 use segment::{MAX_FRAME_BODY_BYTES, SegmentMeta};
 use writer::{Op, Writer, WriterParts};
-
-/// Default [`SyncPolicy::Interval`]: the longest a record waits for `fdatasync`, and so the
-/// appends a machine crash can lose.
-pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 100;
-/// Default size cap: bytes of record frames on disk (about partition key + data + 30 bytes
-/// per record), whole segments counted until all their records are acknowledged.
-pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 1024 * 1024 * 1024;
-/// Default segment size: a new segment file starts when the next record would pass it.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-/// Smallest segment size accepted.
-pub const MIN_SEGMENT_BYTES: u64 = 4096;
-/// Longest checkpoint key, in bytes.
-pub const MAX_CHECKPOINT_KEY_BYTES: usize = 4096;
-/// The lock file that keeps a second process off a spool directory.
-pub const LOCK_FILE: &str = "LOCK";
-
-/// When the spool calls `fdatasync`; see the module docs for what each choice can lose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SyncPolicy {
-    /// Before `append` returns (one sync per batch of concurrent appends). Loses nothing on a
-    /// machine crash; costs a disk flush per batch.
-    EveryRecord,
-    /// At most this long after a record is written. A machine crash loses up to this much.
-    Interval(Duration),
-    /// Never (the OS writes back when it likes); still synced when the spool closes.
-    Never,
-}
-
-impl Default for SyncPolicy {
-    fn default() -> Self {
-        SyncPolicy::Interval(Duration::from_millis(DEFAULT_SYNC_INTERVAL_MS))
-    }
-}
-
-/// What `append` does when the spool is at its size cap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WhenFull {
-    /// Wait until acknowledgements free a segment (in the order appends arrived).
-    #[default]
-    Block,
-    /// Fail at once with [`SpoolError::Full`].
-    Refuse,
-}
-
-/// Spool settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolConfig {
-    /// When to sync (default: every [`DEFAULT_SYNC_INTERVAL_MS`]).
-    pub sync: SyncPolicy,
-    /// The size cap in bytes of record frames (default [`DEFAULT_MAX_SPOOL_BYTES`]). At least
-    /// two segments.
-    pub max_bytes: u64,
-    /// What appends do at the cap (default [`WhenFull::Block`]).
-    pub when_full: WhenFull,
-    /// Segment file size (default [`DEFAULT_SEGMENT_BYTES`]): the unit in which acknowledged
-    /// space is given back.
-    pub segment_bytes: u64,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            sync: SyncPolicy::default(),
-            max_bytes: DEFAULT_MAX_SPOOL_BYTES,
-            when_full: WhenFull::default(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-        }
-    }
-}
-
-impl SpoolConfig {
-    /// Checks the settings against each other.
-    pub fn validate(&self) -> Result<(), SpoolError> {
-        if self.segment_bytes < MIN_SEGMENT_BYTES {
-            return Err(SpoolError::Config(format!(
-                "segment_bytes is {}, below the minimum of {MIN_SEGMENT_BYTES}",
-                self.segment_bytes
-            )));
-        }
-        if self.max_bytes < 2 * self.segment_bytes {
-            return Err(SpoolError::Config(format!(
-                "max_bytes ({}) must hold at least two segments of segment_bytes ({}): raise max_bytes or lower segment_bytes",
-                self.max_bytes, self.segment_bytes
-            )));
-        }
-        if let SyncPolicy::Interval(d) = self.sync
-            && d.is_zero()
-        {
-            return Err(SpoolError::Config(
-                "a sync interval of 0 is SyncPolicy::EveryRecord: say that instead".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// An entry's id in its spool: increasing in append order, never reused in that directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,51 +146,6 @@ pub struct SpoolEntry {
     pub dedup_id: Option<DedupId>,
 }
 
-/// What [`Spool::open`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecoveryReport {
-    /// Segments holding entries not yet acknowledged.
-    pub segments: usize,
-    /// Entries not yet acknowledged: what a cursor will return first.
-    pub entries: u64,
-    /// Checkpoint keys recovered.
-    pub checkpoints: usize,
-    /// Everything skipped (each also logged as a warning).
-    pub problems: Vec<RecoveryProblem>,
-}
-
-/// A part of a spool file that recovery skipped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecoveryProblem {
-    /// The file.
-    pub file: PathBuf,
-    /// Where the first bad frame starts.
-    pub offset: u64,
-    /// Bytes skipped from there to the file's end.
-    pub skipped_bytes: u64,
-    /// What was wrong.
-    pub kind: ProblemKind,
-}
-
-/// What recovery found wrong with a frame or file.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProblemKind {
-    /// The file ends inside a frame: a write torn by a crash.
-    #[error("the file ends inside a frame (a write torn by a crash); the partial frame is skipped")]
-    TornTail,
-    /// A whole frame whose CRC, length or content is wrong.
-    #[error("corrupt frame ({0}); it and the rest of the file are skipped")]
-    Corrupt(&'static str),
-    /// The file does not start as a spool file should; it is left alone and not read.
-    #[error("{0}; the file is left alone and not read")]
-    BadHeader(&'static str),
-    /// Reading failed.
-    #[error("read error ({0}); the rest of the file is skipped")]
-    Unreadable(String),
-}
-
 /// Counts at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -291,48 +156,6 @@ pub struct SpoolStats {
     pub segments: usize,
     /// Bytes charged against the cap (record frames of the segments on disk).
     pub bytes: u64,
-}
-
-/// Spool errors: each says what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpoolError {
-    /// A file operation failed.
-    #[error("spool file {path}: {what}: {source}; check the disk (free space, permissions)")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// What was being done.
-        what: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Another process (or another `Spool` in this one) has the directory open.
-    #[error(
-        "the spool directory {0} is in use by another process (its LOCK file is locked): stop that process, or give this one another spool directory"
-    )]
-    Locked(PathBuf),
-    /// At the size cap with [`WhenFull::Refuse`].
-    #[error(
-        "the spool is full ({max_bytes} bytes of records wait for Kinesis; {needed} more needed): wait for the backlog to drain, raise max_bytes, or use WhenFull::Block to wait instead"
-    )]
-    Full {
-        /// The cap.
-        max_bytes: u64,
-        /// Bytes the refused records needed.
-        needed: u64,
-    },
-    /// The records cannot fit even an empty spool, or are not storable.
-    #[error("{0}")]
-    Unstorable(String),
-    /// An earlier I/O error stopped the writer; nothing more is appended.
-    #[error(
-        "the spool stopped after an error ({0}); what it holds stays on disk: fix the cause and open the spool again"
-    )]
-    Stopped(String),
-    /// The settings contradict each other.
-    #[error("invalid spool settings: {0}")]
-    Config(String),
 }
 
 /// State shared by the writer, cursors and callers.

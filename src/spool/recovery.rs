@@ -14,13 +14,58 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::SpoolError;
 use super::segment::{
     self, ACK_MAGIC, BadFrame, FILE_HEADER_BYTES, FRAME_HEADER_BYTES, Frame, SEGMENT_MAGIC,
     SegmentMeta,
 };
-use super::{ProblemKind, RecoveryProblem, RecoveryReport, SpoolError};
+
+/// What [`Spool::open`](super::Spool::open) found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segments holding entries not yet acknowledged.
+    pub segments: usize,
+    /// Entries not yet acknowledged: what a cursor will return first.
+    pub entries: u64,
+    /// Checkpoint keys recovered.
+    pub checkpoints: usize,
+    /// Everything skipped (each also logged as a warning).
+    pub problems: Vec<RecoveryProblem>,
+}
+
+/// A part of a spool file that recovery skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryProblem {
+    /// The file.
+    pub file: PathBuf,
+    /// Where the first bad frame starts.
+    pub offset: u64,
+    /// Bytes skipped from there to the file's end.
+    pub skipped_bytes: u64,
+    /// What was wrong.
+    pub kind: ProblemKind,
+}
+
+/// What recovery found wrong with a frame or file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The file ends inside a frame: a write torn by a crash.
+    #[error("the file ends inside a frame (a write torn by a crash); the partial frame is skipped")]
+    TornTail,
+    /// A whole frame whose CRC, length or content is wrong.
+    #[error("corrupt frame ({0}); it and the rest of the file are skipped")]
+    Corrupt(&'static str),
+    /// The file does not start as a spool file should; it is left alone and not read.
+    #[error("{0}; the file is left alone and not read")]
+    BadHeader(&'static str),
+    /// Reading failed.
+    #[error("read error ({0}); the rest of the file is skipped")]
+    Unreadable(String),
+}
 
 /// What the directory held.
 pub(crate) struct Recovered {
@@ -61,6 +106,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         let path = segment::segment_path(dir, first);
         next_id = next_id.max(first);
         let Some(meta) = scan_segment(&path, first, &mut checkpoints, &mut report)? else {
+            // Not ours to read or delete: new segments must not take its name.
+            next_id = next_id.max(first + 1);
             continue;
         };
         next_id = next_id.max(first + meta.count);
