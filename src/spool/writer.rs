@@ -501,6 +501,12 @@ impl Writer {
                 .append(true)
                 .open(&path)
                 .map_err(io_at(&path, "cannot open the dead-letter file"))?;
+            if self.config.sync != SyncPolicy::Never {
+                // Its directory entry too: acknowledged records must not vanish with the file.
+                File::open(&self.shared.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_at(&self.shared.dir, "cannot sync the spool directory"))?;
+            }
             self.dead_letters = Some(BufWriter::new(file));
         }
         let out = self.dead_letters.as_mut().expect("opened above");
