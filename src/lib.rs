@@ -14,6 +14,8 @@
 //!   ([`client::memory::MemoryKinesis`]).
 //! - [`reader`]: reads a stream back, parents before children.
 //! - [`dedup`]: dedup ids on user records, and the reader-side [`dedup::Deduper`].
+//! - [`spool`]: a durable disk spool (segment log, acks out of order, dead letters,
+//!   checkpoints) so that accepted records survive a crash.
 //! - `lambda` (feature `lambda`): user records out of a Kinesis Lambda event.
 //! - The simulator (a local Kinesis with shard limits and a fault layer) is its own crate,
 //!   `kpl-sim`, for your tests; the `kpl` command is the `kpl-cli` crate.
@@ -48,6 +50,7 @@ mod log_limit;
 pub mod producer;
 pub mod reader;
 pub mod record;
+pub mod spool;
 
 pub use hash::{HashKey, HashRange};
 pub use record::{RecordError, UserRecord};
