@@ -6,7 +6,7 @@
 //! [`Pipeline::advance`] pushes whatever can move one step further. Nothing polls or spins: when
 //! nothing can move, the task sleeps until the earliest timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
+use crate::fxhash::FxHashMap;
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
 use crate::producer::backoff::Backoff;
 use crate::producer::collector::Collector;
@@ -36,6 +37,8 @@ use crate::record::UserRecord;
 
 /// Records taken from the input channel per wake-up.
 const INPUT_BATCH: usize = 1024;
+/// Mixed into `rng_seed` for the ListShards backoff.
+const REFRESH_SEED_SALT: u64 = 0x5eed_0f11_575a_d5a1;
 /// Shortest sleep when a timer is already due but cannot act (float rounding in a limiter).
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
@@ -94,7 +97,8 @@ pub(crate) struct Pipeline {
     routes: RouteCache,
 
     aggregator: Aggregator,
-    shards: HashMap<Arc<str>, ShardQueue>,
+    /// A fixed hasher: a refresh walks it, and a seeded run must walk it the same way.
+    shards: FxHashMap<Arc<str>, ShardQueue>,
     waiting: VecDeque<Arc<str>>,
     limiter_config: LimiterConfig,
     limiter_wake: Option<Instant>,
@@ -159,7 +163,7 @@ impl Pipeline {
         let dedup_producer = aggregator.dedup_producer();
         let pipeline = Pipeline {
             collector: Collector::new(config.collection_max_count, config.collection_max_size),
-            retries: RetryQueue::new(&config.backoff),
+            retries: RetryQueue::new(Backoff::seeded(&config.backoff, config.rng_seed)),
             limiter_config: LimiterConfig {
                 rate_limit_percent: config.rate_limit_percent,
                 ..LimiterConfig::default()
@@ -173,7 +177,7 @@ impl Pipeline {
             map_tx,
             routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
             aggregator,
-            shards: HashMap::new(),
+            shards: FxHashMap::default(),
             waiting: VecDeque::new(),
             limiter_wake: None,
             sender,
@@ -803,7 +807,9 @@ impl Pipeline {
         let stream = self.stream.clone();
         let version = self.map.version() + 1;
         let tx = self.map_tx.clone();
-        let mut backoff = Backoff::new(&self.config.backoff);
+        // Seeded apart from the retries' backoff (a test's seed gives both their own draws).
+        let seed = self.config.rng_seed.map(|s| s ^ REFRESH_SEED_SALT);
+        let mut backoff = Backoff::seeded(&self.config.backoff, seed);
         self.refresh = Some(tokio::spawn(async move {
             let mut attempt = 0;
             loop {
