@@ -1646,21 +1646,24 @@ fn explore(start: u64, count: u64, enabled: &BTreeSet<Fault>) -> Vec<(u64, Run)>
         wall.elapsed().as_secs_f64()
     );
     eprintln!("{summary}");
+    // Machine-readable, for scripts/reliability.sh: one `name value` per line.
     if let Ok(path) = std::env::var("KPL_SIM_SUMMARY") {
-        let failing_list: Vec<String> = failing
-            .iter()
-            .map(|(seed, run)| {
-                format!(
-                    "{seed}: {}",
-                    run.violations.first().cloned().unwrap_or_default()
-                )
-            })
-            .collect();
-        std::fs::write(
-            path,
-            format!("{summary}\nfailing seeds:\n{}\n", failing_list.join("\n")),
-        )
-        .expect("write KPL_SIM_SUMMARY");
+        let mut out = format!(
+            "seeds {count}\nfailing {}\nrecords {records}\ncalls {calls}\nfaulty_calls {faulty}\nrejected_configs {rejected}\nmaybe_stored_seeds {}\nvirtual_s {:.0}\n",
+            failing.len(),
+            maybe_stored_seeds.len(),
+            virtual_time.as_secs_f64()
+        );
+        for (family, n) in &per_family {
+            out.push_str(&format!("family.{family:?} {n}\n"));
+        }
+        for (seed, run) in &failing {
+            out.push_str(&format!(
+                "failing_seed {seed} {}\n",
+                run.violations.first().cloned().unwrap_or_default()
+            ));
+        }
+        std::fs::write(path, out).expect("write KPL_SIM_SUMMARY");
     }
     failing
 }
