@@ -1176,7 +1176,12 @@ async fn check_room(
     let mut left = config.max_outstanding_bytes;
     let mut sizes = Vec::new();
     while left > 0 {
-        let billed = left.min(most);
+        // Every piece holds at least the key and a byte or two of data.
+        let billed = if left > most && left - most < 16 {
+            left - 16
+        } else {
+            left.min(most)
+        };
         sizes.push(billed);
         left -= billed;
     }
@@ -1852,5 +1857,115 @@ async fn a_stored_record_whose_answer_was_lost_is_not_reported_not_stored() {
     assert!(
         failure.to_string().starts_with("record not stored"),
         "{failure}"
+    );
+}
+
+/// A producer for the hand-made regressions below: one shard whose first two calls hang 1.5 s
+/// each (the first aggregate, r0a + r0b, expires at 3 s), strict ordering, two records per
+/// aggregate, one aggregate per call, backoff of 1 ms.
+async fn blocked_shard(
+    ttl: Duration,
+    buffered: Duration,
+) -> (Arc<MemoryKinesis>, Producer, [RecordFuture; 2]) {
+    let fake = Arc::new(MemoryKinesis::new(1));
+    fake.set_plan(|call| match call.index {
+        0 | 1 => Plan::Hang,
+        _ => Plan::Store,
+    });
+    let api: Arc<dyn KinesisApi> = fake.clone();
+    let config = ProducerConfig {
+        strict_ordering: true,
+        aggregation_max_count: 2,
+        // One aggregate per call: calls go as soon as an aggregate is admitted.
+        collection_max_count: 1,
+        record_max_buffered_time: buffered,
+        record_ttl: ttl,
+        request_timeout: Duration::from_millis(1_500),
+        backoff: BackoffConfig {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(1),
+        },
+        rng_seed: Some(1),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(api, STREAM, config).await.unwrap();
+    let r0 = [
+        producer.send(UserRecord::new("k", "r0a")).await.unwrap(),
+        producer.send(UserRecord::new("k", "r0b")).await.unwrap(),
+    ];
+    (fake, producer, r0)
+}
+
+fn position(r: RecordResult) -> (String, u64) {
+    let r = r.expect("stored");
+    (r.sequence_number.to_string(), r.sub_sequence_number)
+}
+
+/// Found by seeds 242 and 96 of the first draw ranges (strict ordering, with hangs or a
+/// shutdown): a queued aggregate whose oldest record passed its TTL while its shard was
+/// blocked is split by `expire()` in src/producer/pipeline.rs: the expired records fail, and the
+/// rest are aggregated again, into a new aggregate queued *behind* the aggregates that were
+/// already waiting. They are then stored after later records of their key, which
+/// `strict_ordering` promises never happens. Here r1 and r2 share an aggregate, r3 and r4 the
+/// next one; r1 expires while the shard is blocked, and r2 is stored after r3 and r4.
+#[tokio::test(start_paused = true)]
+#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
+async fn strict_order_survives_a_partly_expired_aggregate() {
+    let start = Instant::now();
+    let (_fake, producer, r0) =
+        blocked_shard(Duration::from_millis(1_750), Duration::from_millis(300)).await;
+    let send = |name: &'static str| {
+        let producer = producer.clone();
+        async move { producer.send(UserRecord::new("k", name)).await.unwrap() }
+    };
+    tokio::time::sleep_until(start + Duration::from_millis(1_200)).await;
+    let r1 = send("r1").await; // expires at 2.95 s, before the shard is free
+    tokio::time::sleep_until(start + Duration::from_millis(1_350)).await;
+    let r2 = send("r2").await; // r1's aggregate; alive until 3.1 s
+    tokio::time::sleep_until(start + Duration::from_millis(1_400)).await;
+    let (r3, r4) = (send("r3").await, send("r4").await);
+    // r2 goes back to the aggregator at 3 s; r5 fills its new aggregate.
+    tokio::time::sleep_until(start + Duration::from_millis(3_010)).await;
+    let r5 = send("r5").await;
+    for f in r0 {
+        assert!(f.await.is_err(), "the first aggregate expired");
+    }
+    assert!(r1.await.is_err(), "r1 expired while its shard was blocked");
+    let (s2, s3, s4) = (position(r2.await), position(r3.await), position(r4.await));
+    let _ = r5.await;
+    producer.shutdown().await;
+    assert!(
+        s2 < s3 && s3 < s4,
+        "strict ordering: r2 {s2:?}, r3 {s3:?}, r4 {s4:?}"
+    );
+}
+
+/// Found while writing the test above: during a flush, the survivors of a partly expired
+/// aggregate are aggregated again at the end of `advance()` (src/producer/pipeline.rs), after
+/// the step that finishes every aggregate when flushing, and nothing wakes the pipeline again
+/// until the new aggregate's `record_max_buffered_time` is over. Here r2 could go at 3 s (its
+/// shard is free, it is alive until 3.2 s) but waits for the 5 s buffered time and expires
+/// with no attempt; the flush returns only then.
+#[tokio::test(start_paused = true)]
+#[ignore = "known defect: a flush leaves records re-aggregated by expire() waiting for the buffered time (pipeline.rs)"]
+async fn a_flush_sends_a_partly_expired_aggregates_survivors_at_once() {
+    let start = Instant::now();
+    let (_fake, producer, r0) =
+        blocked_shard(Duration::from_millis(1_800), Duration::from_secs(5)).await;
+    let r1 = producer.send(UserRecord::new("k", "r1")).await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(1_400)).await;
+    let r2 = producer.send(UserRecord::new("k", "r2")).await.unwrap();
+    producer.flush().await;
+    let flushed = start.elapsed();
+    for f in r0 {
+        assert!(f.await.is_err(), "the first aggregate expired");
+    }
+    assert!(r1.await.is_err(), "r1 expired while its shard was blocked");
+    let r2 = r2.await;
+    producer.shutdown().await;
+    assert!(r2.is_ok(), "r2 was alive when its shard came free: {r2:?}");
+    assert!(
+        flushed < Duration::from_millis(3_500),
+        "flush took {flushed:?}"
     );
 }
