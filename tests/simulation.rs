@@ -1914,19 +1914,17 @@ async fn strict_order_survives_a_partly_expired_aggregate() {
     let start = Instant::now();
     let (_fake, producer, r0) =
         blocked_shard(Duration::from_millis(1_750), Duration::from_millis(300)).await;
-    let send = |name: &'static str| {
-        let producer = producer.clone();
-        async move { producer.send(UserRecord::new("k", name)).await.unwrap() }
-    };
+    // try_send: the buffer is never full here.
+    let send = |name: &'static str| producer.try_send(UserRecord::new("k", name)).unwrap();
     tokio::time::sleep_until(start + Duration::from_millis(1_200)).await;
-    let r1 = send("r1").await; // expires at 2.95 s, before the shard is free
+    let r1 = send("r1"); // expires at 2.95 s, before the shard is free
     tokio::time::sleep_until(start + Duration::from_millis(1_350)).await;
-    let r2 = send("r2").await; // r1's aggregate; alive until 3.1 s
+    let r2 = send("r2"); // r1's aggregate; alive until 3.1 s
     tokio::time::sleep_until(start + Duration::from_millis(1_400)).await;
-    let (r3, r4) = (send("r3").await, send("r4").await);
+    let (r3, r4) = (send("r3"), send("r4"));
     // r2 goes back to the aggregator at 3 s; r5 fills its new aggregate.
     tokio::time::sleep_until(start + Duration::from_millis(3_010)).await;
-    let r5 = send("r5").await;
+    let r5 = send("r5");
     for f in r0 {
         assert!(f.await.is_err(), "the first aggregate expired");
     }
