@@ -860,7 +860,8 @@ async fn simulate(seed: u64, scenario: Scenario) -> Run {
                                     .await;
                             if done.is_err() || called.elapsed() > bound {
                                 violations.lock().unwrap().push(format!(
-                                    "a flush called at {t} ms did not return within {bound:?}"
+                                    "a flush called at {t} ms did not return within {bound:?} (took {:?})",
+                                    called.elapsed()
                                 ));
                             }
                         });
@@ -1858,6 +1859,37 @@ async fn a_stored_record_whose_answer_was_lost_is_not_reported_not_stored() {
         failure.to_string().starts_with("record not stored"),
         "{failure}"
     );
+}
+
+/// Seed 240 (100 000-seed run): strict ordering, an aggregate of shard 0 partly expired while
+/// its shard was blocked; its survivors (records 142, 143, 151) were aggregated again behind
+/// records 158 and 160 of the same key and stored after them. The `expire()` defect of
+/// [`strict_order_survives_a_partly_expired_aggregate`].
+#[test]
+#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
+fn seed_240_strict_order_after_a_partial_expiry() {
+    assert_seed(240, &FOUND_WITH.into_iter().collect());
+}
+
+/// Seed 1266 (100 000-seed run): no call failed and no shard changed, but a short TTL (181 ms)
+/// expired part of a queued aggregate; its survivors (130..148) were appended to the open
+/// aggregate behind record 149 of the same key. Default ordering is promised when no call
+/// fails; the same `expire()` defect.
+#[test]
+#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
+fn seed_1266_order_without_faults_after_a_partial_expiry() {
+    assert_seed(1266, &FOUND_WITH.into_iter().collect());
+}
+
+/// Seed 5567 (100 000-seed run; strict ordering, hangs of 2.5 s, TTL 11 s): a flush called at
+/// 399 ms returned after 19.2 s, 0.24 s past the explorer's bound (TTL + 2 x request timeout +
+/// backoff cap + buffered time + 2 s). Not yet diagnosed: either a record waits somewhere its
+/// TTL is not checked (a blocked strict-ordering lane, the collector), or the bound misses a
+/// legitimate wait.
+#[test]
+#[ignore = "undiagnosed: a flush returned past the explorer's bound"]
+fn seed_5567_flush_returns_within_the_bound() {
+    assert_seed(5567, &FOUND_WITH.into_iter().collect());
 }
 
 /// A producer for the hand-made regressions below: one shard whose first two calls hang 1.5 s

@@ -106,7 +106,9 @@ pub struct RecordFailure {
 impl RecordFailure {
     /// Whether the record may be in the stream all the same: the answer to one of its attempts
     /// was lost (a timeout, a broken connection, a response that could not be read or did not
-    /// list every entry), so that call may have stored it. Readers may then see it, and
+    /// list every entry), so that call may have stored it, or an attempt stored it inside an
+    /// aggregate on an unpredicted shard (`WrongShard`, see
+    /// [`AttemptError::outcome_unknown`]). Readers may then see it, and
     /// resending it may store it twice (dedup ids let readers drop the copy).
     pub fn maybe_stored(&self) -> bool {
         self.attempts
