@@ -392,7 +392,10 @@ async fn records_are_stored_through_a_provider_that_fails_for_a_while() {
     for f in futures {
         f.await.expect("stored after the provider recovered");
     }
-    producer.shutdown().await.expect("the pipeline ran to the end");
+    producer
+        .shutdown()
+        .await
+        .expect("the pipeline ran to the end");
     assert!(calls.load(Ordering::SeqCst) > 2 + 3, "the provider failed");
     assert!(producer.metrics().retries > 0);
 }

@@ -3,8 +3,12 @@
 //!
 //! Records are routed exactly as Kinesis routes them (explicit hash key, else MD5 of the
 //! partition key, against the open shards' ranges), get increasing sequence numbers, and can be
-//! read back with [`MemoryKinesis::stored`]. A [`Plan`] function decides, per PutRecords call,
-//! whether entries fail, the call errors, hangs, or stores and then loses its response.
+//! read back with [`MemoryKinesis::stored`] (or [`MemoryKinesis::snapshot`], with the shards'
+//! ranges). A [`Plan`] function decides, per PutRecords call, whether entries fail, the call
+//! errors, hangs, panics, or stores and then loses its response;
+//! [`MemoryKinesis::fail_list_shards`] makes ListShards fail, and
+//! [`split_shard`](MemoryKinesis::split_shard) / [`merge_shards`](MemoryKinesis::merge_shards)
+//! reshard the stream at any moment a test chooses.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +39,12 @@ pub enum Plan {
     Delay(Duration, Box<Plan>),
     /// Never answer (the caller's timeout decides).
     Hang,
+    /// Everything is stored, then the call never answers: a response lost on the way back,
+    /// which only the caller's timeout ends.
+    StoreThenHang,
+    /// The call's future panics with this message when polled (a bug in a `KinesisApi`
+    /// implementation); nothing is stored.
+    Panic(String),
 }
 
 /// One call as the plan function sees it.
@@ -74,6 +84,28 @@ struct State {
     plan: Option<PlanFn>,
     page_size: usize,
     max_record_bytes: Option<usize>,
+    list_shards_error: Option<ApiError>,
+    list_shards_calls: u64,
+}
+
+/// The stream as it stands: every shard (open and closed, with its hash key range) and every
+/// stored record, in the order stored. See [`MemoryKinesis::snapshot`].
+#[derive(Debug, Clone)]
+pub struct StoreSnapshot {
+    /// All shards, open and closed, in creation order.
+    pub shards: Vec<ShardInfo>,
+    /// Every stored record, in the order stored (sequence numbers increase across the stream).
+    pub records: Vec<StoredRecord>,
+}
+
+impl StoreSnapshot {
+    /// The hash key range of shard `shard_id` (open or closed).
+    pub fn range_of(&self, shard_id: &str) -> Option<HashRange> {
+        self.shards
+            .iter()
+            .find(|s| s.shard_id == shard_id)
+            .map(|s| s.hash_range)
+    }
 }
 
 /// An in-memory stream. Cheap to share (`Arc<MemoryKinesis>` is a `KinesisApi`).
@@ -96,6 +128,8 @@ impl MemoryKinesis {
                 plan: None,
                 page_size: 1000,
                 max_record_bytes: None,
+                list_shards_error: None,
+                list_shards_calls: 0,
             })),
         }
     }
@@ -131,6 +165,26 @@ impl MemoryKinesis {
     /// Every stored record, in the order stored.
     pub fn stored(&self) -> Vec<StoredRecord> {
         self.lock().stored.clone()
+    }
+
+    /// The shards and the stored records together, as one consistent view.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let state = self.lock();
+        StoreSnapshot {
+            shards: state.shards.clone(),
+            records: state.stored.clone(),
+        }
+    }
+
+    /// While `Some`, every ListShards call fails with this error (a deleted stream, revoked
+    /// access, an outage); `None` lets them succeed again.
+    pub fn fail_list_shards(&self, error: Option<ApiError>) {
+        self.lock().list_shards_error = error;
+    }
+
+    /// How many ListShards calls were made (pages count one each).
+    pub fn list_shards_calls(&self) -> u64 {
+        self.lock().list_shards_calls
     }
 
     /// How many records were stored.
@@ -295,7 +349,9 @@ fn run_plan(
             results.truncate(n);
             Ok(results)
         }
-        Plan::Delay(..) | Plan::Hang => unreachable!("handled before the lock"),
+        Plan::Delay(..) | Plan::Hang | Plan::StoreThenHang | Plan::Panic(_) => {
+            unreachable!("handled before the lock")
+        }
     }
 }
 
@@ -327,6 +383,11 @@ impl KinesisApi for MemoryKinesis {
                         plan = *inner;
                     }
                     Plan::Hang => std::future::pending::<()>().await,
+                    Plan::StoreThenHang => {
+                        run_plan(&state, Plan::Store, &entries)?;
+                        std::future::pending::<()>().await
+                    }
+                    Plan::Panic(message) => panic!("{message}"),
                     plan => return run_plan(&state, plan, &entries),
                 }
             }
@@ -338,7 +399,11 @@ impl KinesisApi for MemoryKinesis {
         _stream: &StreamId,
         next_token: Option<String>,
     ) -> BoxFuture<'static, Result<ListShardsPage, ApiError>> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.list_shards_calls += 1;
+        if let Some(error) = state.list_shards_error.clone() {
+            return Box::pin(async move { Err(error) });
+        }
         let start: usize = next_token.and_then(|t| t.parse().ok()).unwrap_or(0);
         let end = (start + state.page_size).min(state.shards.len());
         let page = ListShardsPage {
@@ -359,5 +424,78 @@ impl KinesisApi for MemoryKinesis {
             max_record_bytes: state.max_record_bytes,
         };
         Box::pin(async move { Ok(summary) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::list_all_shards;
+
+    fn entry(key: &str) -> PutRecordsEntry {
+        PutRecordsEntry {
+            partition_key: key.into(),
+            explicit_hash_key: None,
+            data: bytes::Bytes::from_static(b"x"),
+        }
+    }
+
+    fn stream() -> StreamId {
+        StreamId::Name("s".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_response_stores_and_never_answers() {
+        let fake = MemoryKinesis::new(2);
+        fake.set_plan(|_| Plan::StoreThenHang);
+        let call = fake.put_records(&stream(), vec![entry("a"), entry("b")]);
+        let answer = tokio::time::timeout(Duration::from_secs(60), call).await;
+        assert!(answer.is_err(), "no answer, only the caller's timeout");
+        assert_eq!(fake.stored_count(), 2, "stored all the same");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_call_panics_when_polled_and_stores_nothing() {
+        let fake = MemoryKinesis::new(1);
+        fake.set_plan(|_| Plan::Panic("boom".into()));
+        let call = fake.put_records(&stream(), vec![entry("a")]);
+        let joined = tokio::spawn(call).await;
+        assert!(joined.unwrap_err().is_panic());
+        assert_eq!(fake.stored_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn list_shards_fails_while_told_to() {
+        let fake = MemoryKinesis::new(3);
+        let error = ApiError::service("ResourceNotFoundException", Some(400), "gone");
+        fake.fail_list_shards(Some(error.clone()));
+        assert_eq!(list_all_shards(&fake, &stream()).await, Err(error));
+        fake.fail_list_shards(None);
+        assert_eq!(list_all_shards(&fake, &stream()).await.unwrap().len(), 3);
+        assert_eq!(fake.list_shards_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_tells_each_records_shard_and_range() {
+        let fake = MemoryKinesis::new(2);
+        let first = fake.shards()[0].clone();
+        let mid = HashKey(
+            first.hash_range.start.0 + (first.hash_range.end.0 - first.hash_range.start.0) / 2,
+        );
+        fake.split_shard(&first.shard_id, mid);
+        for key in ["a", "b", "c", "d", "e", "f"] {
+            fake.put_records(&stream(), vec![entry(key)]).await.unwrap();
+        }
+        let snap = fake.snapshot();
+        assert_eq!(snap.shards.len(), 4);
+        assert_eq!(snap.range_of(&first.shard_id), Some(first.hash_range));
+        for r in &snap.records {
+            let range = snap.range_of(&r.shard_id).expect("a known shard");
+            assert!(range.contains(HashKey::of_partition_key(&r.partition_key)));
+            assert_ne!(
+                r.shard_id, first.shard_id,
+                "the closed parent takes no writes"
+            );
+        }
     }
 }

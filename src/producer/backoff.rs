@@ -49,6 +49,16 @@ impl Backoff {
         Backoff::with_rng(config, SmallRng::from_os_rng())
     }
 
+    /// Backoff seeded with `seed` when one is given (see
+    /// [`ProducerConfig::rng_seed`](crate::producer::ProducerConfig::rng_seed)), else by the
+    /// operating system.
+    pub fn seeded(config: &BackoffConfig, seed: Option<u64>) -> Self {
+        match seed {
+            Some(seed) => Backoff::with_rng(config, SmallRng::seed_from_u64(seed)),
+            None => Backoff::new(config),
+        }
+    }
+
     /// Backoff with the given generator (deterministic tests).
     pub fn with_rng(config: &BackoffConfig, rng: SmallRng) -> Self {
         Backoff {

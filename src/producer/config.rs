@@ -136,6 +136,12 @@ pub struct ProducerConfig {
     /// throughput: each shard moves one aggregate per round trip (see BENCHMARKS.md). Default
     /// off: retries may then store a record after later records of its key.
     pub strict_ordering: bool,
+    /// Seeds every random choice the producer makes (the jitter of its retry and ListShards
+    /// backoff, its dedup producer id), so that a test on tokio's paused clock replays exactly:
+    /// same seed, same calls, same outcomes. Default `None`: seeded by the operating system.
+    /// For reproducible tests only: producers given the same seed draw the same dedup
+    /// producer id, so their dedup ids collide.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for ProducerConfig {
@@ -160,6 +166,7 @@ impl Default for ProducerConfig {
             max_record_bytes: None,
             dedup_ids: false,
             strict_ordering: false,
+            rng_seed: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::client::ApiError;
 use crate::producer::config::ConfigError;
-use crate::producer::record::Attempt;
+use crate::producer::record::{Attempt, AttemptError};
 use crate::record::{RecordError, UserRecord};
 
 /// The producer could not start.
@@ -97,8 +97,11 @@ pub struct SendBatchError {
 }
 
 /// A record that was accepted but could not be stored. Carries the record and every attempt.
+///
+/// Its message says "not stored" only when that is certain; when an attempt's answer was lost
+/// (see [`RecordFailure::maybe_stored`]) it says the record may have been stored.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("record not stored after {} attempt(s): {reason}", self.attempts.len())]
+#[error("{}", self.describe())]
 pub struct RecordFailure {
     /// Why it failed.
     pub reason: FailureReason,
@@ -107,6 +110,33 @@ pub struct RecordFailure {
     /// The record, so the caller can log, spool or resend it. `None` only with
     /// [`FailureReason::Lost`].
     pub record: Option<UserRecord>,
+}
+
+impl RecordFailure {
+    /// Whether the record may be in the stream all the same: the answer to one of its attempts
+    /// was lost (a timeout, a broken connection, a response that could not be read or did not
+    /// list every entry), so that call may have stored it, or an attempt stored it inside an
+    /// aggregate on an unpredicted shard (`WrongShard`, see
+    /// [`AttemptError::outcome_unknown`]). Readers may then see it, and
+    /// resending it may store it twice (dedup ids let readers drop the copy).
+    pub fn maybe_stored(&self) -> bool {
+        self.attempts
+            .iter()
+            .filter_map(|a| a.error.as_ref())
+            .any(AttemptError::outcome_unknown)
+    }
+
+    fn describe(&self) -> String {
+        let attempts = self.attempts.len();
+        let reason = &self.reason;
+        if self.maybe_stored() {
+            format!(
+                "record may have been stored, but no attempt of {attempts} confirmed it (an answer was lost): {reason}"
+            )
+        } else {
+            format!("record not stored after {attempts} attempt(s): {reason}")
+        }
+    }
 }
 
 /// The reason a record failed.
@@ -122,9 +152,9 @@ pub enum FailureReason {
         /// The service's message (with a hint where kpl knows one).
         message: String,
     },
-    /// The record was not stored within the record TTL.
+    /// The record was not confirmed stored within the record TTL.
     #[error(
-        "not stored within the record TTL of {ttl:?}; last error: {last_error}. Raise record_ttl, lower the send rate, or add shards"
+        "not confirmed stored within the record TTL of {ttl:?}; last error: {last_error}. Raise record_ttl, lower the send rate, or add shards"
     )]
     Expired {
         /// The TTL in force.

@@ -54,6 +54,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{Mutex, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -101,6 +103,9 @@ pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, Reco
 /// does not hold on to all the memory of a past burst.
 const MAX_KEPT_SLOTS: usize = 1 << 17;
 const MAX_KEPT_BYTES: usize = 32 << 20;
+
+/// Mixed into `rng_seed` for the dedup producer id.
+const DEDUP_SEED_SALT: u64 = 0xdeed_0001_d5ee_d5a1;
 
 /// More than a lone tagged aggregate adds to any record's key + data (framing, key table,
 /// explicit hash key, field headers, the dedup tag): below it, no exact check is needed.
@@ -226,7 +231,10 @@ impl Producer {
                 Some(Compressor::zstd_with_dictionary(*level, dictionary).map_err(zstd_error)?)
             }
         };
-        let dedup_producer = config.dedup_ids.then(rand::random::<u64>);
+        let dedup_producer = config.dedup_ids.then(|| match config.rng_seed {
+            Some(seed) => SmallRng::seed_from_u64(seed ^ DEDUP_SEED_SALT).random(),
+            None => rand::random(),
+        });
         let aggregator = Aggregator::new(
             limits,
             config.record_max_buffered_time,

@@ -6,7 +6,7 @@
 //! [`Pipeline::advance`] pushes whatever can move one step further. Nothing polls or spins: when
 //! nothing can move, the task sleeps until the earliest timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::{KinesisApi, StreamId};
+use crate::fxhash::FxHashMap;
 use crate::producer::aggregator::{Aggregator, Grouping, KinesisRecordOut, seal_all};
+use crate::producer::backoff::Backoff;
 use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
@@ -113,7 +115,8 @@ pub(crate) struct Pipeline {
     routes: RouteCache,
 
     aggregator: Aggregator,
-    shards: HashMap<Arc<str>, ShardQueue>,
+    /// A fixed hasher: a refresh walks it, and a seeded run must walk it the same way.
+    shards: FxHashMap<Arc<str>, ShardQueue>,
     waiting: VecDeque<Arc<str>>,
     limiter_config: LimiterConfig,
     limiter_wake: Option<Instant>,
@@ -187,7 +190,7 @@ impl Pipeline {
         let dedup_producer = aggregator.dedup_producer();
         let pipeline = Pipeline {
             collector: Collector::new(config.collection_max_count, config.collection_max_size),
-            retries: RetryQueue::new(&config.backoff),
+            retries: RetryQueue::new(Backoff::seeded(&config.backoff, config.rng_seed)),
             limiter_config: LimiterConfig {
                 rate_limit_percent: config.rate_limit_percent,
                 ..LimiterConfig::default()
@@ -202,7 +205,7 @@ impl Pipeline {
             list_error: None,
             routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
             aggregator,
-            shards: HashMap::new(),
+            shards: FxHashMap::default(),
             waiting: VecDeque::new(),
             limiter_wake: None,
             sender,

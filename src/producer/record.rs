@@ -53,6 +53,21 @@ pub struct AttemptError {
     pub message: String,
 }
 
+impl AttemptError {
+    /// Whether the attempt may have stored the record though it reports an error: its answer
+    /// was lost or unreadable (`Timeout`, `Connection`, `ResponseMismatch`, an HTTP status
+    /// without an error code, a failure of unknown kind), or it is `WrongShard`: an aggregate
+    /// stored on a shard whose range holds only some of its records, which the KCL delivers
+    /// while the producer sends them all again. An error code the service sent for the entry
+    /// or the call (throttling, `InternalFailure`, access denied, ...) means it was not stored.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "Timeout" | "Connection" | "ResponseMismatch" | "Unknown" | "WrongShard"
+        ) || self.code.starts_with("HTTP")
+    }
+}
+
 impl std::fmt::Display for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.message.is_empty() {

@@ -24,7 +24,7 @@ use crate::client::{
     ApiError, ApiErrorKind, PutRecordsResultEntry, is_fatal_code, is_throttling_code,
 };
 use crate::producer::aggregator::KinesisRecordOut;
-use crate::producer::backoff::{Backoff, BackoffConfig};
+use crate::producer::backoff::Backoff;
 use crate::producer::clock::later;
 use crate::producer::record::AttemptError;
 
@@ -173,9 +173,9 @@ pub(crate) struct RetryQueue {
 }
 
 impl RetryQueue {
-    pub fn new(config: &BackoffConfig) -> Self {
+    pub fn new(backoff: Backoff) -> Self {
         RetryQueue {
-            backoff: Backoff::new(config),
+            backoff,
             heap: BinaryHeap::new(),
             seq: 0,
         }
@@ -224,6 +224,7 @@ impl RetryQueue {
 mod tests {
     use super::*;
     use crate::client::PutRecordsEntry;
+    use crate::producer::backoff::BackoffConfig;
     use bytes::Bytes;
 
     fn out(shard: &str, single_hash: bool) -> KinesisRecordOut {
@@ -307,7 +308,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queue_releases_only_what_is_due_in_order() {
-        let mut q = RetryQueue::new(&BackoffConfig::default());
+        let mut q = RetryQueue::new(Backoff::new(&BackoffConfig::default()));
         let now = Instant::now();
         for attempt in 1..=10 {
             q.schedule(out("a", true), attempt, now);

@@ -21,6 +21,9 @@ use crate::producer::retrier::wrong_shard_error;
 use crate::producer::shard_map::{ShardMap, ShardMapError};
 use crate::producer::unwind::CatchUnwind;
 
+/// Mixed into `rng_seed` for the ListShards backoff.
+const REFRESH_SEED_SALT: u64 = 0x5eed_0f11_575a_d5a1;
+
 /// What the refresh task reports.
 pub(crate) enum Refresh {
     Map(ShardMap),
@@ -41,7 +44,9 @@ impl Pipeline {
         let version = self.map.version() + 1;
         let tx = self.map_tx.clone();
         let timeout = self.config.request_timeout;
-        let mut backoff = Backoff::new(&self.config.backoff);
+        // Seeded apart from the retries' backoff (a test's seed gives both their own draws).
+        let seed = self.config.rng_seed.map(|s| s ^ REFRESH_SEED_SALT);
+        let mut backoff = Backoff::seeded(&self.config.backoff, seed);
         self.refresh = Some(tokio::spawn(async move {
             let mut attempt = 0;
             loop {
