@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             endpoint_url: Some(endpoint.clone()),
             region: None,
             attempt_timeout: Duration::from_secs(10),
+            ..Default::default()
         })
         .await;
         let stream = StreamId::Name(stream.clone());

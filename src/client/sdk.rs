@@ -36,6 +36,8 @@ pub struct ConnectOptions {
     pub region: Option<String>,
     /// Timeout of one call attempt.
     pub attempt_timeout: Duration,
+    /// Which client [`crate::client::connect`] builds (`SdkKinesis::connect` is always the SDK).
+    pub client: crate::client::ClientKind,
 }
 
 /// Kinesis through the AWS SDK.
@@ -81,6 +83,14 @@ impl SdkKinesis {
     /// Loads aws-config's default chain (credentials, region, endpoint variables), overridden
     /// by `options`, and builds a client from it.
     pub async fn connect(options: ConnectOptions) -> Self {
+        let attempt_timeout = options.attempt_timeout;
+        let sdk = SdkKinesis::load_sdk_config(options).await;
+        SdkKinesis::from_sdk_config(&sdk, attempt_timeout)
+    }
+
+    /// The configuration [`SdkKinesis::connect`] builds its client from: aws-config's default
+    /// chain overridden by `options`.
+    pub async fn load_sdk_config(options: ConnectOptions) -> SdkConfig {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
         let local = options.endpoint_url.as_deref().is_some_and(is_loopback);
@@ -107,8 +117,7 @@ impl SdkKinesis {
             }
             loader = loader.endpoint_url(endpoint);
         }
-        let sdk = loader.load().await;
-        SdkKinesis::from_sdk_config(&sdk, options.attempt_timeout)
+        loader.load().await
     }
 
     /// The SDK client, for calls this type does not wrap.
@@ -380,27 +389,18 @@ where
                 message: d,
             }
         }
-        SdkError::ResponseError(r) => ApiError {
-            kind: ApiErrorKind::Other,
-            code: None,
-            status: Some(r.raw().status().as_u16()),
-            message: detail(),
-        },
+        SdkError::ResponseError(r) => {
+            ApiError::unreadable_answer(r.raw().status().as_u16(), detail())
+        }
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             match error.code() {
-                Some(code) => ApiError {
-                    kind: ApiErrorKind::Service,
-                    code: Some(code.to_owned()),
-                    status: Some(status),
-                    message: error.message().unwrap_or_default().to_owned(),
-                },
-                None => ApiError {
-                    kind: ApiErrorKind::Service,
-                    code: None,
-                    status: Some(status),
-                    message: detail(),
-                },
+                Some(code) => ApiError::from_answer(
+                    status,
+                    Some(code.to_owned()),
+                    error.message().unwrap_or_default(),
+                ),
+                None => ApiError::from_answer(status, None, detail()),
             }
         }
         _ => ApiError {
