@@ -151,13 +151,17 @@ pub trait KinesisApi: Send + Sync + 'static {
 }
 
 /// Which client carries the calls to Kinesis.
+///
+/// The default is [`ClientKind::Lean`]: it sends the SDK's own request (tests/lean_client.rs
+/// compares them) and passes every test the SDK path passes against kinesalite, kinesis-local,
+/// ferrokinesis and `kpl sim` with faults, for a fraction of the CPU per call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ClientKind {
     /// Every call through aws-sdk-kinesis ([`sdk::SdkKinesis`]).
-    #[default]
     Sdk,
     /// PutRecords signed and sent from the SDK's parts without its per-call orchestrator,
     /// the other calls through the SDK ([`lean::LeanKinesis`]).
+    #[default]
     Lean,
 }
 

@@ -149,12 +149,12 @@ fn wait_ready(server: &Server, port: u16) {
     );
 }
 
-/// The client the tests put through: `KPL_TEST_CLIENT=lean` runs them on the lean PutRecords
-/// path, anything else (or nothing) on the SDK.
+/// The client the tests put through: `KPL_TEST_CLIENT=sdk` or `lean`, the default client
+/// (lean) when unset.
 pub fn client_kind() -> ClientKind {
     match std::env::var("KPL_TEST_CLIENT") {
         Ok(kind) => kind.parse().expect("KPL_TEST_CLIENT is sdk or lean"),
-        Err(_) => ClientKind::Sdk,
+        Err(_) => ClientKind::default(),
     }
 }
 
