@@ -115,7 +115,7 @@ async fn run(c: Case) -> Row {
     .await
     .unwrap();
     sim.create_stream("m", c.shards).await.unwrap();
-    let api: Arc<dyn KinesisApi> = sim.api();
+    let api: Arc<dyn KinesisApi> = common::api(sim.endpoint(), Duration::from_secs(10)).await;
     let producer = Producer::new(api, "m", c.config.clone()).await.unwrap();
     let mut faults = c.faults.clone();
     faults.stream = Some("m".into());

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -88,8 +87,9 @@ fn check_read_back(sent: &[UserRecord], receipts: &[Receipt], read: &[ReadBack])
     checked
 }
 
-async fn producer(api: &SdkKinesis, stream: &str, config: ProducerConfig) -> Producer {
-    let api: Arc<dyn KinesisApi> = Arc::new(api.clone());
+/// A producer on the client `KPL_TEST_CLIENT` names (see `common::api`).
+async fn producer(endpoint: &str, stream: &str, config: ProducerConfig) -> Producer {
+    let api = common::api(endpoint, Duration::from_secs(10)).await;
     Producer::new(api, stream, config).await.expect("producer")
 }
 
@@ -98,13 +98,13 @@ async fn kinesalite_round_trip_plain_aggregated_and_compressed() {
     let server = kinesalite();
     let api = sdk(&server.endpoint).await;
     api.create_stream("s", 4).await.unwrap();
-    let p = producer(&api, "s", ProducerConfig::default()).await;
+    let p = producer(&server.endpoint, "s", ProducerConfig::default()).await;
     let first = records(0, 20_000, 1000);
     let mut receipts = put_all(&p, first.clone()).await;
     p.shutdown().await.expect("every record seen through");
 
     let zstd = producer(
-        &api,
+        &server.endpoint,
         "s",
         ProducerConfig {
             compression: Compression::Zstd { level: 3 },
@@ -119,7 +119,7 @@ async fn kinesalite_round_trip_plain_aggregated_and_compressed() {
     assert!(m.user_records_per_kinesis_record > 10.0, "{m:?}");
 
     let single = producer(
-        &api,
+        &server.endpoint,
         "s",
         ProducerConfig {
             aggregation_enabled: false,
@@ -147,7 +147,7 @@ async fn kinesalite_split_and_merge_mid_run() {
     let server = kinesalite();
     let api = sdk(&server.endpoint).await;
     api.create_stream("r", 4).await.unwrap();
-    let p = producer(&api, "r", ProducerConfig::default()).await;
+    let p = producer(&server.endpoint, "r", ProducerConfig::default()).await;
     let stream = StreamId::Name("r".into());
 
     let mut sent = records(0, 5_000, 500);
@@ -194,7 +194,7 @@ async fn kinesis_local_update_shard_count_mid_run() {
     let server = kinesis_local();
     let api = sdk(&server.endpoint).await;
     api.create_stream("u", 2).await.unwrap();
-    let p = producer(&api, "u", ProducerConfig::default()).await;
+    let p = producer(&server.endpoint, "u", ProducerConfig::default()).await;
     let mut sent = records(0, 1_500, 200);
     let mut receipts = put_all(&p, sent.clone()).await;
     api.update_shard_count("u", 4).await.unwrap();
@@ -219,9 +219,8 @@ async fn kinesis_local_update_shard_count_mid_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_from_real_servers_are_classified() {
     let server = kinesalite();
-    let api = sdk(&server.endpoint).await;
     let missing = Producer::new(
-        Arc::new(api.clone()),
+        common::api(&server.endpoint, Duration::from_secs(10)).await,
         "no-such-stream",
         ProducerConfig::default(),
     )
@@ -255,6 +254,7 @@ async fn errors_from_real_servers_are_classified() {
         endpoint_url: Some(format!("http://127.0.0.1:{port}")),
         region: Some("us-east-1".into()),
         attempt_timeout: Duration::from_millis(300),
+        ..Default::default()
     })
     .await;
     let start = std::time::Instant::now();

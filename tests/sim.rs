@@ -3,11 +3,11 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use kpl::client::sdk::{ConnectOptions, SdkKinesis};
 use kpl::client::{ApiErrorKind, KinesisApi, PutRecordsEntry, PutRecordsResultEntry, StreamId};
 use kpl_sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
 
@@ -23,13 +23,9 @@ async fn sim(enforce_limits: bool, shards: u32) -> SimHandle {
     sim
 }
 
-async fn client(sim: &SimHandle, timeout_ms: u64) -> SdkKinesis {
-    SdkKinesis::connect(ConnectOptions {
-        endpoint_url: Some(sim.endpoint().to_owned()),
-        region: Some("us-east-1".into()),
-        attempt_timeout: Duration::from_millis(timeout_ms),
-    })
-    .await
+/// A client of the simulator: the one `KPL_TEST_CLIENT` names (see `common::api`).
+async fn client(sim: &SimHandle, timeout_ms: u64) -> Arc<dyn KinesisApi> {
+    common::api(sim.endpoint(), Duration::from_millis(timeout_ms)).await
 }
 
 fn entries(from: usize, n: usize, size: usize) -> Vec<PutRecordsEntry> {
@@ -52,7 +48,7 @@ async fn stored_data(sim: &SimHandle) -> Vec<String> {
 
 /// Puts `calls` calls of 500 entries of `size` bytes as fast as they go: (stored, throttled).
 /// Every failure must be a throttle.
-async fn put_calls(c: &SdkKinesis, calls: usize, size: usize) -> (usize, usize) {
+async fn put_calls(c: &Arc<dyn KinesisApi>, calls: usize, size: usize) -> (usize, usize) {
     let (mut ok, mut throttled) = (0, 0);
     for call in 0..calls {
         for r in c
@@ -365,8 +361,8 @@ async fn the_control_endpoint_changes_faults_while_running() {
         }
     }
     assert_eq!(sim.faults().request_errors.len(), 1);
-    let err = sim
-        .api()
+    let err = client(&sim, 5_000)
+        .await
         .put_records(&stream(), entries(0, 1, 10))
         .await
         .unwrap_err();
@@ -391,7 +387,7 @@ async fn the_control_endpoint_changes_faults_while_running() {
 }
 
 /// A one-shard simulator that keeps no data, and a client of it.
-async fn discarding_sim(enforce_limits: bool) -> (SimHandle, SdkKinesis) {
+async fn discarding_sim(enforce_limits: bool) -> (SimHandle, Arc<dyn KinesisApi>) {
     let sim = Sim::start(SimConfig {
         enforce_limits,
         discard_data: true,

@@ -39,6 +39,8 @@ pub struct ConnectOptions {
     pub region: Option<String>,
     /// Timeout of one call attempt.
     pub attempt_timeout: Duration,
+    /// Which client [`crate::client::connect`] builds (`SdkKinesis::connect` is always the SDK).
+    pub client: crate::client::ClientKind,
 }
 
 /// Kinesis through the AWS SDK.
@@ -58,6 +60,12 @@ pub fn https_client() -> aws_sdk_kinesis::config::SharedHttpClient {
 }
 
 impl SdkKinesis {
+    /// How an expired token is classified for this client's credentials (the lean path
+    /// shares the rule).
+    pub(crate) fn credentials_kind(&self) -> &CredentialsKind {
+        &self.credentials
+    }
+
     /// Wraps a client as configured by the caller (keep its retries off). The client does
     /// not tell which credentials provider it has, so an `ExpiredTokenException` is fatal;
     /// [`SdkKinesis::from_sdk_config`] knows the provider and retries an expired token from
@@ -101,6 +109,14 @@ impl SdkKinesis {
     /// Loads aws-config's default chain (credentials, region, endpoint variables), overridden
     /// by `options`, and builds a client from it.
     pub async fn connect(options: ConnectOptions) -> Self {
+        let attempt_timeout = options.attempt_timeout;
+        let sdk = SdkKinesis::load_sdk_config(options).await;
+        SdkKinesis::from_sdk_config(&sdk, attempt_timeout)
+    }
+
+    /// The configuration [`SdkKinesis::connect`] builds its client from: aws-config's default
+    /// chain overridden by `options`.
+    pub async fn load_sdk_config(options: ConnectOptions) -> SdkConfig {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
         let local = options.endpoint_url.as_deref().is_some_and(is_loopback);
@@ -127,8 +143,7 @@ impl SdkKinesis {
             }
             loader = loader.endpoint_url(endpoint);
         }
-        let sdk = loader.load().await;
-        SdkKinesis::from_sdk_config(&sdk, options.attempt_timeout)
+        loader.load().await
     }
 
     /// The SDK client, for calls this type does not wrap.
@@ -399,18 +414,17 @@ where
             None,
         ),
         SdkError::ResponseError(r) => {
-            plain(ApiErrorKind::Response, Some(r.raw().status().as_u16()))
+            ApiError::unreadable_answer(r.raw().status().as_u16(), detail())
         }
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             match error.code() {
-                Some(code) => ApiError {
-                    kind: ApiErrorKind::Service,
-                    code: Some(code.to_owned()),
-                    status: Some(status),
-                    message: error.message().unwrap_or_default().to_owned(),
-                },
-                None => plain(ApiErrorKind::Service, Some(status)),
+                Some(code) => ApiError::from_answer(
+                    status,
+                    Some(code.to_owned()),
+                    error.message().unwrap_or_default(),
+                ),
+                None => ApiError::from_answer(status, None, detail()),
             }
         }
         _ => plain(ApiErrorKind::Other, None),
@@ -420,7 +434,9 @@ where
 /// Whether `error` is a credentials failure, and which: a provider that failed or timed out
 /// may succeed on a later attempt; no credentials at all, or a configuration that cannot
 /// work, will not.
-fn credentials_failure(error: &(dyn std::error::Error + 'static)) -> Option<ApiErrorKind> {
+pub(crate) fn credentials_failure(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<ApiErrorKind> {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(c) = e.downcast_ref::<CredentialsError>() {
@@ -450,7 +466,7 @@ fn credentials_failure(error: &(dyn std::error::Error + 'static)) -> Option<ApiE
 /// or container metadata, STS, SSO, a credential process that reports an expiration), so
 /// a later attempt may carry a fresh token; credentials without one never change.
 #[derive(Clone, Debug)]
-struct CredentialsKind {
+pub(crate) struct CredentialsKind {
     provider: Option<SharedCredentialsProvider>,
     /// Asked once, on the first expired token.
     refreshes: Arc<tokio::sync::OnceCell<bool>>,
@@ -478,7 +494,7 @@ impl CredentialsKind {
 
     /// `error` as a retry decision needs it: an expired token from a provider that
     /// refreshes is transient, from static credentials fatal.
-    async fn refine(&self, mut error: ApiError) -> ApiError {
+    pub(crate) async fn refine(&self, mut error: ApiError) -> ApiError {
         if error.code.as_deref() == Some("ExpiredTokenException") && self.refreshes().await {
             error.kind = ApiErrorKind::CredentialsTransient;
         }

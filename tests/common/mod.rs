@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kpl::client::StreamId;
+use std::sync::Arc;
+
 use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::client::{ClientKind, KinesisApi, StreamId};
 use kpl::codec::deaggregate::{DeaggregatedRecord, Deaggregator, outside_range};
 use kpl::reader::{ReaderConfig, StreamReader};
 
@@ -147,11 +149,32 @@ fn wait_ready(server: &Server, port: u16) {
     );
 }
 
+/// The client the tests put through: `KPL_TEST_CLIENT=sdk` or `lean`, the default client
+/// (lean) when unset.
+pub fn client_kind() -> ClientKind {
+    match std::env::var("KPL_TEST_CLIENT") {
+        Ok(kind) => kind.parse().expect("KPL_TEST_CLIENT is sdk or lean"),
+        Err(_) => ClientKind::default(),
+    }
+}
+
+/// The client [`client_kind`] names, for `endpoint`.
+pub async fn api(endpoint: &str, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
+    kpl::client::connect(ConnectOptions {
+        endpoint_url: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+        attempt_timeout,
+        client: client_kind(),
+    })
+    .await
+}
+
 pub async fn sdk(endpoint: &str) -> SdkKinesis {
     SdkKinesis::connect(ConnectOptions {
         endpoint_url: Some(endpoint.to_owned()),
         region: Some("us-east-1".into()),
         attempt_timeout: Duration::from_secs(10),
+        ..Default::default()
     })
     .await
 }

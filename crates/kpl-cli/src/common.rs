@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kpl::client::KinesisApi;
 use kpl::client::sdk::{ConnectOptions, SdkKinesis};
+use kpl::client::{ClientKind, KinesisApi};
 use kpl::codec::deaggregate::Deaggregator;
 use kpl::codec::frame::Dictionary;
 use kpl::producer::config::{
@@ -27,6 +27,10 @@ pub struct ConnectArgs {
     /// AWS region [default: AWS_REGION, the profile's, or us-east-1].
     #[arg(long)]
     pub region: Option<String>,
+    /// Client for PutRecords: sdk (aws-sdk-kinesis) or lean (signed and sent from the SDK's
+    /// parts without its per-call machinery; the other calls stay on the SDK).
+    #[arg(long, value_name = "sdk|lean", default_value_t = ClientKind::default())]
+    pub client: ClientKind,
 }
 
 impl ConnectArgs {
@@ -36,13 +40,20 @@ impl ConnectArgs {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
             attempt_timeout,
+            ..Default::default()
         })
         .await
     }
 
-    /// The same as a `KinesisApi`.
+    /// The client `--client` names, as a `KinesisApi`.
     pub async fn api(&self, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
-        Arc::new(self.sdk(attempt_timeout).await)
+        kpl::client::connect(ConnectOptions {
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            attempt_timeout,
+            client: self.client,
+        })
+        .await
     }
 }
 

@@ -151,6 +151,7 @@ impl Sim {
             endpoint_url: Some(endpoint.clone()),
             region: Some("us-east-1".into()),
             attempt_timeout: Duration::from_secs(10),
+            ..Default::default()
         })
         .await;
         apply_faults(&shared, config.faults);
@@ -176,6 +177,7 @@ pub(crate) fn apply_faults(shared: &Arc<layer::Shared>, faults: Faults) {
                 endpoint_url: Some(shared.endpoint.clone()),
                 region: Some("us-east-1".into()),
                 attempt_timeout: Duration::from_secs(10),
+                ..Default::default()
             })
             .await;
             match reshard_now(&client, &stream, &reshard.kind).await {

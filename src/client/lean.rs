@@ -1,0 +1,797 @@
+//! [`KinesisApi`] whose PutRecords skips the SDK's per-call orchestrator but not its parts.
+//!
+//! A PutRecords call through aws-sdk-kinesis runs the orchestrator: runtime components and
+//! plugins assembled per call, a dozen interceptors, endpoint resolution, auth scheme
+//! selection, signing setup, retry classifiers. At a few calls a second that machinery, not
+//! the bytes, is most of a producer's CPU. This path does once per client what does not
+//! change between calls and keeps, per call, only what a call needs:
+//!
+//! ```text
+//! once per client                         per call
+//! ─────────────────────────────────────   ──────────────────────────────────────────────
+//! SdkConfig: region, FIPS, dual-stack,    JSON body (serde_json, base64 data)
+//!   endpoint URL, account-id mode         credentials: the SDK's identity cache (refreshes
+//! HTTP connector: the SdkConfig's client    ahead of expiry, one load at a time)
+//!   (hyper + rustls on ring, one pool)    endpoint: the SDK's DefaultResolver, cached per
+//! identity cache + credentials provider     (StreamARN, account id)
+//! clock, sleep, clock-skew estimate       SigV4 (aws-sigv4, the SDK's signing settings)
+//!                                         POST through the pooled connector
+//!                                         errors: `x-amzn-ErrorType` / `__type` → ApiError
+//! ```
+//!
+//! The request is the SDK's, byte for byte (method, path, body, signed headers, signature:
+//! `tests/lean_client.rs` checks it against the SDK's own request), minus the SDK's
+//! bookkeeping headers (`amz-sdk-invocation-id`, `amz-sdk-request`, `x-amz-user-agent`).
+//! ListShards and DescribeStreamSummary go through the SDK ([`SdkKinesis`]), which shares the
+//! HTTP client and so the connection pool.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::SdkConfig;
+use aws_credential_types::attributes::AccountId;
+use aws_sdk_kinesis::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sdk_kinesis::config::{IdentityCache, SharedHttpClient};
+use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_async::time::SharedTimeSource;
+use aws_smithy_runtime::client::auth::no_auth::NoAuthScheme;
+use aws_smithy_runtime::client::retries::strategy::NeverRetryStrategy;
+use aws_smithy_runtime_api::client::auth::AuthSchemeId;
+use aws_smithy_runtime_api::client::auth::static_resolver::StaticAuthSchemeOptionResolver;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::identity::{
+    Identity, ResolveCachedIdentity, SharedIdentityCache, SharedIdentityResolver,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::byte_stream::ByteStream;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::endpoint::Endpoint;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::client::sdk::{
+    ConnectOptions, DEFAULT_CONNECT_TIMEOUT_MS, FALLBACK_REGION, SdkKinesis, https_client,
+};
+use crate::client::{
+    ApiError, ApiErrorKind, BoxFuture, KinesisApi, ListShardsPage, PutRecordsEntry,
+    PutRecordsResultEntry, StreamId, StreamSummary,
+};
+
+/// The awsJson 1.1 operation header of PutRecords.
+const TARGET: &str = "Kinesis_20131202.PutRecords";
+/// The awsJson 1.1 content type.
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The SigV4 auth scheme the SDK signs Kinesis calls with.
+const SIGV4: AuthSchemeId = AuthSchemeId::new("sigv4");
+/// A round trip longer than this says nothing about the server's clock (the SDK's bound).
+const MAX_SKEW_SAMPLE_ROUND_TRIP: Duration = Duration::from_secs(15 * 60);
+/// Endpoints kept per client, one per (StreamARN, account id) seen; past this the cache starts
+/// over (a producer addresses one stream).
+const MAX_CACHED_ENDPOINTS: usize = 16;
+
+/// Kinesis with PutRecords on the lean path and the other calls on the SDK.
+#[derive(Clone, Debug)]
+pub struct LeanKinesis {
+    put: Arc<PutPath>,
+    sdk: SdkKinesis,
+}
+
+impl LeanKinesis {
+    /// A client from `sdk` (credentials, region, endpoint, HTTP client, clock) with
+    /// `attempt_timeout` per call, as [`SdkKinesis::from_sdk_config`] builds its SDK client.
+    pub fn from_sdk_config(sdk: &SdkConfig, attempt_timeout: Duration) -> Self {
+        // One HTTP client for both paths: the SDK client below and the lean path draw their
+        // connections from the same pool.
+        let http = sdk.http_client().unwrap_or_else(https_client);
+        let sdk = sdk.to_builder().http_client(http.clone()).build();
+        LeanKinesis {
+            put: Arc::new(PutPath::new(&sdk, http, attempt_timeout)),
+            sdk: SdkKinesis::from_sdk_config(&sdk, attempt_timeout),
+        }
+    }
+
+    /// Loads aws-config's default chain overridden by `options`, as [`SdkKinesis::connect`]
+    /// does, and builds a client from it.
+    pub async fn connect(options: ConnectOptions) -> Self {
+        let attempt_timeout = options.attempt_timeout;
+        let sdk = SdkKinesis::load_sdk_config(options).await;
+        LeanKinesis::from_sdk_config(&sdk, attempt_timeout)
+    }
+
+    /// The SDK client the other calls go through (reading, creating, resharding).
+    pub fn sdk(&self) -> &SdkKinesis {
+        &self.sdk
+    }
+}
+
+impl KinesisApi for LeanKinesis {
+    fn put_records(
+        &self,
+        stream: &StreamId,
+        entries: Vec<PutRecordsEntry>,
+    ) -> BoxFuture<'static, Result<Vec<PutRecordsResultEntry>, ApiError>> {
+        let put = self.put.clone();
+        let stream = stream.clone();
+        let credentials = self.sdk.credentials_kind().clone();
+        Box::pin(async move {
+            let timeout = put.attempt_timeout;
+            match tokio::time::timeout(timeout, put.call(&stream, &entries)).await {
+                Ok(Ok(results)) => Ok(results),
+                // An expired token is transient or fatal by the same rule as the SDK path's.
+                Ok(Err(error)) => Err(credentials.refine(error).await),
+                Err(_) => Err(ApiError::timeout(timeout)),
+            }
+        })
+    }
+
+    fn list_shards(
+        &self,
+        stream: &StreamId,
+        next_token: Option<String>,
+    ) -> BoxFuture<'static, Result<ListShardsPage, ApiError>> {
+        self.sdk.list_shards(stream, next_token)
+    }
+
+    fn describe_stream_summary(
+        &self,
+        stream: &StreamId,
+    ) -> BoxFuture<'static, Result<StreamSummary, ApiError>> {
+        self.sdk.describe_stream_summary(stream)
+    }
+}
+
+/// What endpoint resolution takes from the configuration, read once.
+#[derive(Debug)]
+struct EndpointInputs {
+    region: String,
+    use_fips: Option<bool>,
+    use_dual_stack: Option<bool>,
+    endpoint_url: Option<String>,
+    account_id_endpoint_mode: String,
+}
+
+/// A resolved endpoint, ready to address and sign requests.
+#[derive(Debug)]
+struct Target {
+    stream_arn: Option<String>,
+    account_id: Option<String>,
+    uri: http::Uri,
+    signing_region: String,
+    signing_name: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Everything PutRecords needs, built once per client.
+#[derive(Debug)]
+struct PutPath {
+    connector: SharedHttpConnector,
+    /// The time source, sleep and identity cache the connector and the cache read.
+    components: RuntimeComponents,
+    identity_cache: SharedIdentityCache,
+    /// `None` when the configuration has no credentials provider.
+    identity_resolver: Option<SharedIdentityResolver>,
+    config_bag: ConfigBag,
+    time: SharedTimeSource,
+    endpoint: EndpointInputs,
+    endpoints: Mutex<Vec<Arc<Target>>>,
+    /// Server clock minus ours, in ms, from the last response's `Date` (as the SDK keeps it);
+    /// `None` when clock-skew correction is turned off.
+    skew_ms: Option<AtomicI64>,
+    attempt_timeout: Duration,
+}
+
+impl PutPath {
+    fn new(sdk: &SdkConfig, http: SharedHttpClient, attempt_timeout: Duration) -> Self {
+        let time = sdk.time_source().unwrap_or_default();
+        let sleep = sdk
+            .sleep_impl()
+            .or_else(aws_smithy_async::rt::sleep::default_async_sleep);
+        let identity_cache = sdk
+            .identity_cache()
+            .unwrap_or_else(|| IdentityCache::lazy().build());
+        let identity_resolver = sdk.credentials_provider().map(SharedIdentityResolver::new);
+        // The connector and the identity cache read their clock and sleep from runtime
+        // components. The builder insists on an auth scheme, a retry strategy and an auth
+        // option resolver too; this path signs and retries itself, so those are placeholders
+        // nothing calls.
+        let mut components = RuntimeComponents::builder("kpl lean PutRecords")
+            .with_time_source(Some(time.clone()))
+            .with_sleep_impl(sleep)
+            .with_identity_cache(Some(identity_cache.clone()))
+            .with_endpoint_resolver(Some(DefaultResolver::new().into_shared_resolver()))
+            .with_auth_scheme_option_resolver(Some(StaticAuthSchemeOptionResolver::new(vec![
+                SIGV4,
+            ])))
+            .with_auth_scheme(NoAuthScheme::new())
+            .with_retry_strategy(Some(NeverRetryStrategy::new()))
+            .with_http_client(Some(http.clone()));
+        if let Some(resolver) = &identity_resolver {
+            components = components.with_identity_resolver(SIGV4, resolver.clone());
+        } else {
+            components = components.with_identity_resolver(
+                aws_smithy_runtime::client::auth::no_auth::NO_AUTH_SCHEME_ID,
+                aws_smithy_runtime::client::identity::no_auth::NoAuthIdentityResolver::new(),
+            );
+        }
+        let components = components
+            .build()
+            .expect("every required runtime component is set above");
+        // The SDK client's settings (see `SdkKinesis::from_sdk_config`): the HTTP client
+        // hands both the same connector, so the same pool.
+        let mut settings = HttpConnectorSettings::builder()
+            .connect_timeout(Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS));
+        settings.set_read_timeout(sdk.timeout_config().and_then(|t| t.read_timeout()));
+        let settings = settings.build();
+        let connector = http.http_connector(&settings, &components);
+        let skew_ms =
+            (!sdk.disable_clock_skew_correction().unwrap_or(false)).then(|| AtomicI64::new(0));
+        PutPath {
+            connector,
+            components,
+            identity_cache,
+            identity_resolver,
+            config_bag: ConfigBag::base(),
+            time,
+            endpoint: EndpointInputs::from_sdk_config(sdk),
+            endpoints: Mutex::new(Vec::new()),
+            skew_ms,
+            attempt_timeout,
+        }
+    }
+
+    async fn call(
+        &self,
+        stream: &StreamId,
+        entries: &[PutRecordsEntry],
+    ) -> Result<Vec<PutRecordsResultEntry>, ApiError> {
+        let identity = self.identity().await?;
+        let arn = match stream {
+            StreamId::Arn(arn) => Some(arn.as_str()),
+            StreamId::Name(_) => None,
+        };
+        let account_id = identity.property::<AccountId>().map(|a| a.as_str());
+        let target = self.target(arn, account_id).await?;
+        let body = request_body(stream, entries);
+        let sent_at = self.time.now();
+        let request = self.signed_request(&target, &identity, sent_at, body)?;
+        let response = self
+            .connector
+            .call(request)
+            .await
+            .map_err(connector_error)?;
+        self.observe_clock(&response, sent_at);
+        read_response(response, entries.len()).await
+    }
+
+    async fn identity(&self) -> Result<Identity, ApiError> {
+        let Some(resolver) = self.identity_resolver.clone() else {
+            return Err(ApiError {
+                kind: ApiErrorKind::Credentials,
+                code: None,
+                status: None,
+                message: "the AWS configuration has no credentials provider".into(),
+            });
+        };
+        self.identity_cache
+            .resolve_cached_identity(resolver, &self.components, &self.config_bag)
+            .await
+            .map_err(identity_error)
+    }
+
+    /// The endpoint for `arn` and `account_id`, resolved by the SDK's resolver on first use.
+    async fn target(
+        &self,
+        arn: Option<&str>,
+        account_id: Option<&str>,
+    ) -> Result<Arc<Target>, ApiError> {
+        let cached = self
+            .endpoints
+            .lock()
+            .expect("no panic while holding the endpoint cache")
+            .iter()
+            .find(|t| t.stream_arn.as_deref() == arn && t.account_id.as_deref() == account_id)
+            .cloned();
+        if let Some(target) = cached {
+            return Ok(target);
+        }
+        let e = &self.endpoint;
+        let params = Params::builder()
+            .region(e.region.clone())
+            .set_use_fips(e.use_fips)
+            .set_use_dual_stack(e.use_dual_stack)
+            .set_endpoint(e.endpoint_url.clone())
+            .account_id_endpoint_mode(e.account_id_endpoint_mode.clone())
+            .operation_type("data")
+            .set_stream_arn(arn.map(str::to_owned))
+            .set_account_id(account_id.map(str::to_owned))
+            .build()
+            .map_err(|err| endpoint_error(err.to_string()))?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|err| endpoint_error(err.to_string()))?;
+        let target = Arc::new(Target::new(&endpoint, arn, account_id, &e.region)?);
+        let mut cache = self
+            .endpoints
+            .lock()
+            .expect("no panic while holding the endpoint cache");
+        if cache.len() >= MAX_CACHED_ENDPOINTS {
+            cache.clear();
+        }
+        cache.push(target.clone());
+        Ok(target)
+    }
+
+    /// The POST, signed as the SDK signs PutRecords (its default SigV4 settings: double URI
+    /// encoding, normalized path, no `x-amz-content-sha256`, session token signed).
+    fn signed_request(
+        &self,
+        target: &Target,
+        identity: &Identity,
+        now: SystemTime,
+        body: Vec<u8>,
+    ) -> Result<HttpRequest, ApiError> {
+        let uri = target.uri.to_string();
+        let length = body.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("content-type", CONTENT_TYPE),
+            ("x-amz-target", TARGET),
+            ("content-length", &length),
+        ];
+        for (name, value) in &target.headers {
+            headers.push((name, value));
+        }
+        let signing_time = self.skewed(now);
+        let params = v4::SigningParams::builder()
+            .identity(identity)
+            .region(&target.signing_region)
+            .name(&target.signing_name)
+            .time(signing_time)
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| signing_error(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            &uri,
+            headers.iter().copied(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| signing_error(e.to_string()))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| signing_error(e.to_string()))?
+            .into_parts();
+        let mut request = HttpRequest::new(SdkBody::from(body));
+        request
+            .set_method("POST")
+            .map_err(|e| signing_error(e.to_string()))?;
+        *request.uri_mut() = target.uri.clone().into();
+        let out = request.headers_mut();
+        for (name, value) in headers {
+            out.insert(name.to_owned(), value.to_owned());
+        }
+        out.insert("user-agent", USER_AGENT);
+        let (signed, _params) = instructions.into_parts();
+        for header in signed {
+            out.insert(header.name(), header.value().to_owned());
+        }
+        Ok(request)
+    }
+
+    fn skewed(&self, now: SystemTime) -> SystemTime {
+        let Some(skew) = &self.skew_ms else {
+            return now;
+        };
+        let ms = skew.load(Ordering::Relaxed);
+        let shifted = if ms >= 0 {
+            now.checked_add(Duration::from_millis(ms as u64))
+        } else {
+            now.checked_sub(Duration::from_millis(ms.unsigned_abs()))
+        };
+        shifted.unwrap_or(now)
+    }
+
+    /// Learns the server's clock from `Date` as the SDK does (midpoint of the round trip,
+    /// not from a cached answer, not from a round trip over 15 minutes), so a machine whose
+    /// clock is off signs with the server's time.
+    fn observe_clock(&self, response: &HttpResponse, sent_at: SystemTime) {
+        let Some(skew) = &self.skew_ms else {
+            return;
+        };
+        if response.headers().get("age").is_some() {
+            return;
+        }
+        let Some(server) = response
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
+            .and_then(|d| SystemTime::try_from(d).ok())
+        else {
+            return;
+        };
+        let elapsed = self.time.now().duration_since(sent_at).unwrap_or_default();
+        if elapsed > MAX_SKEW_SAMPLE_ROUND_TRIP {
+            return;
+        }
+        let midpoint = sent_at + elapsed / 2;
+        let ms = match server.duration_since(midpoint) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => -(e.duration().as_millis() as i64),
+        };
+        skew.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Sent on every lean call (not signed: SigV4 leaves `user-agent` out).
+const USER_AGENT: &str = concat!("kpl/", env!("CARGO_PKG_VERSION"), " (lean PutRecords)");
+
+impl EndpointInputs {
+    /// What the SDK's config builder takes from `sdk` for endpoint resolution
+    /// (`aws_sdk_kinesis::config::Builder::from(&SdkConfig)`), with kpl's fallback region.
+    fn from_sdk_config(sdk: &SdkConfig) -> Self {
+        let endpoint_url = if sdk.get_origin("endpoint_url").is_client_config() {
+            sdk.endpoint_url().map(str::to_owned)
+        } else {
+            sdk.service_config()
+                .and_then(|conf| {
+                    conf.load_config(
+                        aws_types::service_config::ServiceConfigKey::builder()
+                            .service_id("Kinesis")
+                            .env("AWS_ENDPOINT_URL")
+                            .profile("endpoint_url")
+                            .build()
+                            .expect("every field set"),
+                    )
+                })
+                .or_else(|| sdk.endpoint_url().map(str::to_owned))
+        };
+        EndpointInputs {
+            region: sdk
+                .region()
+                .map_or(FALLBACK_REGION, |r| r.as_ref())
+                .to_owned(),
+            use_fips: sdk.use_fips(),
+            use_dual_stack: sdk.use_dual_stack(),
+            endpoint_url,
+            account_id_endpoint_mode: sdk
+                .account_id_endpoint_mode()
+                .cloned()
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+}
+
+impl Target {
+    fn new(
+        endpoint: &Endpoint,
+        arn: Option<&str>,
+        account_id: Option<&str>,
+        region: &str,
+    ) -> Result<Target, ApiError> {
+        // The SDK appends the operation's path ("/") to the endpoint's.
+        let url = format!("{}/", endpoint.url().trim_end_matches('/'));
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| endpoint_error(format!("the endpoint {url} is not a URI: {e}")))?;
+        let (mut signing_region, mut signing_name) = (region.to_owned(), "kinesis".to_owned());
+        // An endpoint may carry its own SigV4 signing region and name.
+        if let Some(aws_smithy_types::Document::Array(schemes)) =
+            endpoint.properties().get("authSchemes")
+        {
+            for scheme in schemes {
+                let aws_smithy_types::Document::Object(scheme) = scheme else {
+                    continue;
+                };
+                let text = |key: &str| match scheme.get(key) {
+                    Some(aws_smithy_types::Document::String(s)) => Some(s.clone()),
+                    _ => None,
+                };
+                if text("name").as_deref() == Some("sigv4") {
+                    signing_region = text("signingRegion").unwrap_or(signing_region);
+                    signing_name = text("signingName").unwrap_or(signing_name);
+                    break;
+                }
+            }
+        }
+        let headers = endpoint
+            .headers()
+            .flat_map(|(name, values)| values.map(move |v| (name.to_owned(), v.to_owned())))
+            .collect();
+        Ok(Target {
+            stream_arn: arn.map(str::to_owned),
+            account_id: account_id.map(str::to_owned),
+            uri,
+            signing_region,
+            signing_name,
+            headers,
+        })
+    }
+}
+
+/// The PutRecords body, members in the SDK's order (`Records`, then `StreamName` or
+/// `StreamARN`; per entry `Data`, `ExplicitHashKey`, `PartitionKey`).
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    #[serde(rename = "Records")]
+    records: Entries<'a>,
+    #[serde(rename = "StreamName", skip_serializing_if = "Option::is_none")]
+    stream_name: Option<&'a str>,
+    #[serde(rename = "StreamARN", skip_serializing_if = "Option::is_none")]
+    stream_arn: Option<&'a str>,
+}
+
+struct Entries<'a>(&'a [PutRecordsEntry]);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|e| Entry {
+            data: Base64(&e.data),
+            explicit_hash_key: e.explicit_hash_key.as_deref(),
+            partition_key: &e.partition_key,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    #[serde(rename = "Data")]
+    data: Base64<'a>,
+    #[serde(rename = "ExplicitHashKey", skip_serializing_if = "Option::is_none")]
+    explicit_hash_key: Option<&'a str>,
+    #[serde(rename = "PartitionKey")]
+    partition_key: &'a str,
+}
+
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&base64::display::Base64Display::new(
+            self.0,
+            &base64::engine::general_purpose::STANDARD,
+        ))
+    }
+}
+
+fn request_body(stream: &StreamId, entries: &[PutRecordsEntry]) -> Vec<u8> {
+    let (stream_name, stream_arn) = match stream {
+        StreamId::Name(n) => (Some(n.as_str()), None),
+        StreamId::Arn(a) => (None, Some(a.as_str())),
+    };
+    let estimate: usize = entries
+        .iter()
+        .map(|e| {
+            e.data.len().div_ceil(3) * 4
+                + e.partition_key.len()
+                + e.explicit_hash_key.as_ref().map_or(0, |k| k.len() + 20)
+                + 40
+        })
+        .sum::<usize>()
+        + 64;
+    let mut body = Vec::with_capacity(estimate);
+    serde_json::to_writer(
+        &mut body,
+        &RequestBody {
+            records: Entries(entries),
+            stream_name,
+            stream_arn,
+        },
+    )
+    .expect("serializing strings and bytes into memory cannot fail");
+    body
+}
+
+#[derive(Deserialize)]
+struct ResponseBody {
+    #[serde(rename = "Records")]
+    records: Vec<ResultEntry>,
+}
+
+#[derive(Deserialize)]
+struct ResultEntry {
+    #[serde(rename = "SequenceNumber")]
+    sequence_number: Option<String>,
+    #[serde(rename = "ShardId")]
+    shard_id: Option<String>,
+    #[serde(rename = "ErrorCode")]
+    error_code: Option<String>,
+    #[serde(rename = "ErrorMessage")]
+    error_message: Option<String>,
+}
+
+async fn read_response(
+    response: HttpResponse,
+    sent: usize,
+) -> Result<Vec<PutRecordsResultEntry>, ApiError> {
+    let status = response.status().as_u16();
+    let header_code = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|c| sanitize_error_code(c).to_owned());
+    let body = ByteStream::new(response.into_body())
+        .collect()
+        .await
+        .map_err(|e| ApiError::connection(format!("the response body was cut short: {e}")))?
+        .into_bytes();
+    if (200..300).contains(&status) {
+        let parsed: ResponseBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::unreadable_answer(
+                status,
+                format!(
+                    "PutRecords answered {} bytes that do not parse: {e}",
+                    body.len()
+                ),
+            )
+        })?;
+        let mut results = Vec::with_capacity(sent);
+        results.extend(parsed.records.into_iter().map(|r| {
+            match (r.error_code, r.shard_id, r.sequence_number) {
+                (None, Some(shard_id), Some(sequence_number)) => PutRecordsResultEntry::Stored {
+                    shard_id,
+                    sequence_number,
+                },
+                (code, _, _) => PutRecordsResultEntry::Failed {
+                    code: code.unwrap_or_else(|| "MissingResult".into()),
+                    message: r.error_message.unwrap_or_default(),
+                },
+            }
+        }));
+        return Ok(results);
+    }
+    // The awsJson error envelope, read as the SDK reads it: an empty body or a JSON value
+    // that is not an object carries no code; a body that is not JSON is unreadable; `code`
+    // wins over `__type`, and the `x-amzn-ErrorType` header over both.
+    let envelope = match body.trim_ascii() {
+        b"" => serde_json::Map::new(),
+        text => match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => serde_json::Map::new(),
+            Err(e) => {
+                return Err(ApiError::unreadable_answer(
+                    status,
+                    format!(
+                        "the error answer is not JSON ({e}): {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                ));
+            }
+        },
+    };
+    let text = |key: &str| envelope.get(key).and_then(|v| v.as_str());
+    let code = header_code.or_else(|| {
+        text("code")
+            .or(text("__type"))
+            .map(|c| sanitize_error_code(c).to_owned())
+    });
+    let message = text("message").or(text("Message")).or(text("errorMessage"));
+    Err(match code {
+        Some(code) => ApiError::from_answer(status, Some(code), message.unwrap_or_default()),
+        // The SDK reports an error answer without a code as a response it could not read.
+        None => ApiError::unreadable_answer(
+            status,
+            format!(
+                "an error answer without an error code: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        ),
+    })
+}
+
+/// `namespace#Code:http://...` → `Code`, as the SDK reads error codes.
+fn sanitize_error_code(code: &str) -> &str {
+    let code = code.split_once(':').map_or(code, |(c, _)| c);
+    code.split_once('#').map_or(code, |(_, c)| c)
+}
+
+/// A transport failure, classified as the SDK path classifies a dispatch failure.
+fn connector_error(error: ConnectorError) -> ApiError {
+    let message = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+    let message: String = message.chars().take(500).collect();
+    if error.is_timeout() {
+        ApiError {
+            kind: ApiErrorKind::Timeout,
+            code: None,
+            status: None,
+            message,
+        }
+    } else {
+        ApiError::connection(message)
+    }
+}
+
+/// Credentials that could not be had: a provider's timeout may pass, the rest is the
+/// configuration's to fix.
+fn identity_error(error: aws_smithy_runtime_api::box_error::BoxError) -> ApiError {
+    let timed_out = error
+        .downcast_ref::<aws_smithy_async::future::timeout::TimedOutError>()
+        .is_some();
+    // The same rule as the SDK path's: a provider that failed or timed out may succeed on a
+    // later attempt; no credentials at all, or a configuration that cannot work, will not.
+    let kind = if timed_out {
+        ApiErrorKind::CredentialsTransient
+    } else {
+        crate::client::sdk::credentials_failure(&*error).unwrap_or(ApiErrorKind::Credentials)
+    };
+    let message = aws_sdk_kinesis::error::DisplayErrorContext(&*error).to_string();
+    ApiError {
+        kind,
+        code: None,
+        status: None,
+        message: format!("loading credentials: {message}"),
+    }
+}
+
+fn endpoint_error(message: String) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Other,
+        code: None,
+        status: None,
+        message: format!("no Kinesis endpoint for this configuration: {message}"),
+    }
+}
+
+fn signing_error(message: String) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Credentials,
+        code: None,
+        status: None,
+        message: format!("cannot sign the request: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_as_the_sdk_reads_them() {
+        for (raw, code) in [
+            ("ResourceNotFoundException", "ResourceNotFoundException"),
+            (
+                "com.amazonaws.kinesis#ResourceNotFoundException",
+                "ResourceNotFoundException",
+            ),
+            (
+                "ValidationException:http://internal.amazon.com/coral/com.amazon.coral.validate/",
+                "ValidationException",
+            ),
+            ("aws.protocoltests#Foo:http://x/y", "Foo"),
+        ] {
+            assert_eq!(sanitize_error_code(raw), code, "{raw}");
+        }
+    }
+
+    #[test]
+    fn body_members_in_the_sdks_order() {
+        let entries = vec![
+            PutRecordsEntry {
+                partition_key: "k\"1".into(),
+                explicit_hash_key: Some("42".into()),
+                data: bytes::Bytes::from_static(b"hello"),
+            },
+            PutRecordsEntry {
+                partition_key: "k2".into(),
+                explicit_hash_key: None,
+                data: bytes::Bytes::new(),
+            },
+        ];
+        let body = request_body(&StreamId::Name("s".into()), &entries);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"Records":[{"Data":"aGVsbG8=","ExplicitHashKey":"42","PartitionKey":"k\"1"},{"Data":"","PartitionKey":"k2"}],"StreamName":"s"}"#
+        );
+        let body = request_body(&StreamId::Arn("arn:x".into()), &entries[1..]);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"Records":[{"Data":"","PartitionKey":"k2"}],"StreamARN":"arn:x"}"#
+        );
+    }
+}
