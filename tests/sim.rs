@@ -12,15 +12,14 @@ use kpl::client::{ApiErrorKind, KinesisApi, PutRecordsEntry, PutRecordsResultEnt
 use kpl_sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
 
 async fn sim(enforce_limits: bool, shards: u32) -> SimHandle {
-    let sim = Sim::start(SimConfig {
+    Sim::start(SimConfig {
+        streams: vec![("s".into(), shards)],
         enforce_limits,
         seed: 7,
         ..Default::default()
     })
     .await
-    .unwrap();
-    sim.create_stream("s", shards).await.unwrap();
-    sim
+    .unwrap()
 }
 
 async fn client(sim: &SimHandle, timeout_ms: u64) -> SdkKinesis {
@@ -393,13 +392,13 @@ async fn the_control_endpoint_changes_faults_while_running() {
 /// A one-shard simulator that keeps no data, and a client of it.
 async fn discarding_sim(enforce_limits: bool) -> (SimHandle, SdkKinesis) {
     let sim = Sim::start(SimConfig {
+        streams: vec![(S.into(), 1)],
         enforce_limits,
         discard_data: true,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream(S, 1).await.unwrap();
     let c = client(&sim, 5_000).await;
     (sim, c)
 }

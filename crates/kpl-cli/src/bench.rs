@@ -302,6 +302,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => None,
         None => {
             let sim = Sim::start(SimConfig {
+                streams: vec![(args.stream.clone(), args.shards)],
                 enforce_limits: !args.no_limits,
                 // A bench never reads back: the simulator keeps no copy of the data, so its
                 // memory and CPU stay out of what is measured (see SimConfig::discard_data).
@@ -309,7 +310,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             })
             .await?;
-            sim.create_stream(&args.stream, args.shards).await?;
             Some(sim)
         }
     };
