@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let kinesis = SdkKinesis::connect(ConnectOptions {
             endpoint_url: Some(endpoint.clone()),
             region: None,
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout: Some(Duration::from_secs(10)),
         })
         .await;
         let stream = StreamId::Name(stream.clone());

@@ -26,7 +26,7 @@ async fn client(sim: &SimHandle, timeout_ms: u64) -> SdkKinesis {
     SdkKinesis::connect(ConnectOptions {
         endpoint_url: Some(sim.endpoint().to_owned()),
         region: Some("us-east-1".into()),
-        attempt_timeout: Duration::from_millis(timeout_ms),
+        attempt_timeout: Some(Duration::from_millis(timeout_ms)),
     })
     .await
 }

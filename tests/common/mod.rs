@@ -183,7 +183,7 @@ pub async fn sdk(endpoint: &str) -> SdkKinesis {
     SdkKinesis::connect(ConnectOptions {
         endpoint_url: Some(endpoint.to_owned()),
         region: Some("us-east-1".into()),
-        attempt_timeout: Duration::from_secs(10),
+        attempt_timeout: Some(Duration::from_secs(10)),
     })
     .await
 }

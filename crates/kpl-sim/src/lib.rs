@@ -210,7 +210,7 @@ impl Sim {
         let client = SdkKinesis::connect(ConnectOptions {
             endpoint_url: Some(endpoint.clone()),
             region: Some("us-east-1".into()),
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout: Some(Duration::from_secs(10)),
         })
         .await;
         apply_faults(&shared, config.faults);
@@ -268,7 +268,7 @@ pub(crate) fn apply_faults(shared: &Arc<layer::Shared>, faults: Faults) {
             let client = SdkKinesis::connect(ConnectOptions {
                 endpoint_url: Some(shared.endpoint.clone()),
                 region: Some("us-east-1".into()),
-                attempt_timeout: Duration::from_secs(10),
+                attempt_timeout: Some(Duration::from_secs(10)),
             })
             .await;
             match reshard_now(&client, &stream, &reshard.kind).await {
