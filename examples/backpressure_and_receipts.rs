@@ -4,9 +4,11 @@
 //! ```text
 //! AWS_ENDPOINT_URL=http://127.0.0.1:4567 cargo run --example backpressure_and_receipts -- my-stream
 //! ```
+//! (`kpl sim --stream my-stream:2` serves it locally, no AWS setup needed; see
+//! `minimal_producer`.)
 
 use kpl::UserRecord;
-use kpl::producer::{Producer, ProducerConfig, SendErrorReason};
+use kpl::producer::{ConnectOptions, Producer, ProducerConfig, SendErrorReason};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -14,14 +16,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stream = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "my-stream".into());
-    let sdk = aws_config::load_from_env().await;
     let config = ProducerConfig {
         // At most 10 000 records / 8 MiB unresolved: send() waits beyond that.
         max_outstanding_records: 10_000,
         max_outstanding_bytes: 8 * 1024 * 1024,
         ..Default::default()
     };
-    let producer = Producer::from_sdk_config(&sdk, &stream, config).await?;
+    let producer = Producer::connect(&stream, ConnectOptions::default(), config).await?;
 
     // Receipts are awaited on their own task, in send order.
     let (tx, mut rx) = mpsc::channel(1024);
@@ -56,5 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     producer.shutdown().await?;
     let (stored, failed) = collector.await?;
     println!("stored {stored}, failed {failed}; {:?}", producer.metrics());
+    if failed > 0 {
+        return Err(format!("{failed} records were not stored").into());
+    }
     Ok(())
 }

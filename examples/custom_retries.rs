@@ -4,19 +4,20 @@
 //! ```text
 //! AWS_ENDPOINT_URL=http://127.0.0.1:4567 cargo run --example custom_retries -- my-stream
 //! ```
+//! (`kpl sim --stream my-stream:2` serves it locally, no AWS setup needed; see
+//! `minimal_producer`.)
 
 use std::time::Duration;
 
 use kpl::UserRecord;
 use kpl::producer::backoff::BackoffConfig;
-use kpl::producer::{Compression, Producer, ProducerConfig};
+use kpl::producer::{Compression, ConnectOptions, Producer, ProducerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stream = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "my-stream".into());
-    let sdk = aws_config::load_from_env().await;
     let config = ProducerConfig {
         max_attempts: 5,
         record_ttl: Duration::from_secs(10),
@@ -28,21 +29,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         compression: Compression::Zstd { level: 3 },
         ..Default::default()
     };
-    let producer = Producer::from_sdk_config(&sdk, &stream, config).await?;
+    let producer = Producer::connect(&stream, ConnectOptions::default(), config).await?;
     let future = producer
         .send(UserRecord::new(
             "order-17",
             r#"{"order":17,"status":"paid"}"#,
         ))
         .await?;
-    match future.await {
-        Ok(receipt) => println!(
-            "stored on {} after {} attempt(s)",
-            receipt.shard_id,
-            receipt.attempts.len()
-        ),
+    let outcome = future.await;
+    producer.shutdown().await?;
+    match outcome {
+        Ok(receipt) => {
+            println!(
+                "stored on {} after {} attempt(s)",
+                receipt.shard_id,
+                receipt.attempts.len()
+            );
+            Ok(())
+        }
         Err(failure) => {
-            eprintln!("{failure}");
             for (i, a) in failure.attempts.iter().enumerate() {
                 eprintln!(
                     "  attempt {}: after {:?}, took {:?}: {:?}",
@@ -52,8 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     a.error
                 );
             }
+            Err(failure.into())
         }
     }
-    producer.shutdown().await?;
-    Ok(())
 }

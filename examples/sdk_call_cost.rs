@@ -116,7 +116,7 @@ fn main() -> Result<(), Error> {
                 kpl::client::connect(ConnectOptions {
                     endpoint_url: Some(endpoint.clone()),
                     region: None,
-                    attempt_timeout: Duration::from_secs(10),
+                    attempt_timeout: Some(Duration::from_secs(10)),
                     client: kind.parse::<ClientKind>()?,
                 })
                 .await,

@@ -13,14 +13,14 @@ sim_pid=
 cleanup() { [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 if [ -z "${KPL_ENDPOINT:-}" ]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  "$kpl" sim --port "$port" --stream "$stream:4" > /dev/null &
+  # A free port (--port 0), and one line on stdout once the stream exists:
+  #   kpl sim: listening on http://127.0.0.1:PORT streams=demo:4
+  exec {sim_out}< <(exec "$kpl" sim --port 0 --stream "$stream:4")
   sim_pid=$!
-  endpoint="http://127.0.0.1:$port"
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "$endpoint/_sim/stats" && break
-    sleep 0.1
-  done
+  if ! read -r _ _ _ _ endpoint _ <&"$sim_out" || [ -z "$endpoint" ]; then
+    echo "kpl sim did not start (its error is above)" >&2
+    exit 1
+  fi
   echo "== kpl sim: stream $stream (4 shards, shard limits on) at $endpoint"
 else
   endpoint=$KPL_ENDPOINT

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test, from a fresh clone: installs the test peers (kinesalite and kinesis-local from
 # npm into .tools/, the reference codec aws-kinesis-agg from PyPI into .venv/), then checks
-# formatting and lints, and runs every test. Needs: rustup's cargo, node/npm, python3.
+# formatting and lints, runs every test (doc tests and the README's code blocks included; the
+# producer examples run against kpl sim) and builds the docs with warnings as errors.
+# Needs: rustup's cargo, node/npm, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-node.sh
@@ -9,3 +11,5 @@ scripts/setup-python.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# The API docs build without a warning (broken intra-doc links included).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --workspace

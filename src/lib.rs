@@ -21,16 +21,23 @@
 //!   `kpl-sim`, for your tests; the `kpl` command is the `kpl-cli` crate.
 //! - [`limits`], [`hash`], [`record`]: Kinesis's limits, hash keys, validated user records.
 //!
+//! [`producer::Producer::connect`] is the one entry point, the same locally and on AWS: the
+//! endpoint from [`producer::ConnectOptions`] or `AWS_ENDPOINT_URL(_KINESIS)`, the AWS default
+//! credential chain, and no AWS setup at all for a loopback endpoint such as `kpl sim`.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use kpl::producer::{Producer, ProducerConfig};
-//! let sdk = aws_config::load_from_env().await;
-//! let producer = Producer::from_sdk_config(&sdk, "my-stream", ProducerConfig::default()).await?;
+//! use kpl::producer::{ConnectOptions, Producer, ProducerConfig};
+//! let producer =
+//!     Producer::connect("my-stream", ConnectOptions::default(), ProducerConfig::default()).await?;
 //! let receipt = producer.send(kpl::UserRecord::new("key", "data")).await?.await?;
 //! println!("{} {}", receipt.shard_id, receipt.sequence_number);
 //! producer.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! For your own tests, the `kpl-sim` crate (a dev-dependency) runs a Kinesis with shard limits
+//! and faults in-process; the README shows both paths.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -54,3 +61,9 @@ pub mod spool;
 
 pub use hash::{HashKey, HashRange};
 pub use record::{RecordError, UserRecord};
+
+// The README's Rust blocks are compiled (and run, unless marked `no_run`) as doc tests, so the
+// first thing a newcomer copies keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -254,13 +254,13 @@ async fn strict_ordering_stores_each_key_in_send_order_under_throttling() {
 async fn strict_ordering_holds_on_kpl_sim_with_30_percent_throttled() {
     use kpl_sim::{EntryFault, Faults, Sim, SimConfig};
     let sim = Sim::start(SimConfig {
+        streams: vec![("o".into(), 4)],
         enforce_limits: true,
         seed: 3,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream("o", 4).await.unwrap();
     sim.set_faults(Faults {
         stream: Some("o".into()),
         entry_failures: vec![EntryFault {

@@ -109,12 +109,12 @@ fn fatal(name: &'static str, code: &str) -> Case {
 
 async fn run(c: Case) -> Row {
     let sim = Sim::start(SimConfig {
+        streams: vec![("m".into(), c.shards)],
         seed: 11,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream("m", c.shards).await.unwrap();
     let api: Arc<dyn KinesisApi> = common::api(sim.endpoint(), Duration::from_secs(10)).await;
     let producer = Producer::new(api, "m", c.config.clone()).await.unwrap();
     let mut faults = c.faults.clone();

@@ -253,7 +253,7 @@ async fn errors_from_real_servers_are_classified() {
     let hung = SdkKinesis::connect(kpl::client::sdk::ConnectOptions {
         endpoint_url: Some(format!("http://127.0.0.1:{port}")),
         region: Some("us-east-1".into()),
-        attempt_timeout: Duration::from_millis(300),
+        attempt_timeout: Some(Duration::from_millis(300)),
         ..Default::default()
     })
     .await;

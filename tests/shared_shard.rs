@@ -39,12 +39,12 @@ fn between(a: &MetricsSnapshot, b: &MetricsSnapshot) -> (f64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_producers_on_one_shard_share_it_and_throttling_settles() {
     let sim = Sim::start(SimConfig {
+        streams: vec![("shared".into(), 1)],
         discard_data: true,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream("shared", 1).await.unwrap();
     let config = ProducerConfig {
         max_outstanding_records: 1_500,
         ..Default::default()

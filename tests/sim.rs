@@ -12,15 +12,14 @@ use kpl::client::{ApiErrorKind, KinesisApi, PutRecordsEntry, PutRecordsResultEnt
 use kpl_sim::{EntryFault, Faults, RequestFault, Reshard, Sim, SimConfig, SimHandle};
 
 async fn sim(enforce_limits: bool, shards: u32) -> SimHandle {
-    let sim = Sim::start(SimConfig {
+    Sim::start(SimConfig {
+        streams: vec![("s".into(), shards)],
         enforce_limits,
         seed: 7,
         ..Default::default()
     })
     .await
-    .unwrap();
-    sim.create_stream("s", shards).await.unwrap();
-    sim
+    .unwrap()
 }
 
 /// A client of the simulator: the one `KPL_TEST_CLIENT` names (see `common::api`).
@@ -389,13 +388,13 @@ async fn the_control_endpoint_changes_faults_while_running() {
 /// A one-shard simulator that keeps no data, and a client of it.
 async fn discarding_sim(enforce_limits: bool) -> (SimHandle, Arc<dyn KinesisApi>) {
     let sim = Sim::start(SimConfig {
+        streams: vec![(S.into(), 1)],
         enforce_limits,
         discard_data: true,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream(S, 1).await.unwrap();
     let c = client(&sim, 5_000).await;
     (sim, c)
 }

@@ -100,7 +100,7 @@ impl LeanKinesis {
     /// Loads aws-config's default chain overridden by `options`, as [`SdkKinesis::connect`]
     /// does, and builds a client from it.
     pub async fn connect(options: ConnectOptions) -> Self {
-        let attempt_timeout = options.attempt_timeout;
+        let attempt_timeout = options.attempt_timeout_or_default();
         let sdk = SdkKinesis::load_sdk_config(options).await;
         LeanKinesis::from_sdk_config(&sdk, attempt_timeout)
     }

@@ -26,21 +26,64 @@ use crate::hash::{HashKey, HashRange};
 
 /// Timeout for establishing a connection.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Timeout of one call attempt of [`SdkKinesis::connect`] when
+/// [`ConnectOptions::attempt_timeout`] is `None` (the producer's default `request_timeout`).
+pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u64 = 6_000;
 /// Region used when an endpoint is given and no region is configured anywhere.
 pub const FALLBACK_REGION: &str = "us-east-1";
 
-/// Where and how to connect.
+/// Where and how to connect; `ConnectOptions::default()` finds everything the way the AWS CLI
+/// does, and needs no AWS setup at all for a local endpoint.
+///
+/// - **Endpoint**: [`endpoint_url`](Self::endpoint_url), else `AWS_ENDPOINT_URL_KINESIS`, else
+///   `AWS_ENDPOINT_URL` (neither when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the
+///   region's AWS endpoint.
+/// - **Credentials**: the AWS default chain (environment, `~/.aws` profiles, web identity,
+///   container and instance roles). For a loopback endpoint (127.0.0.0/8, `localhost`,
+///   `[::1]`: `kpl sim`, kinesalite) when the environment names no credentials
+///   (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, web identity, container credentials), placeholders:
+///   local emulators accept any signature, and no lookup reaches for the instance's role.
+/// - **Region**: [`region`](Self::region), else the default chain (`AWS_REGION`, the
+///   profile's, the instance's); [`FALLBACK_REGION`] for a loopback endpoint without
+///   `AWS_REGION` / `AWS_DEFAULT_REGION`, or when none is found.
+/// - **HTTP**: kpl's client (hyper, rustls on ring), SDK retries off (the producer owns them).
 #[derive(Clone, Debug, Default)]
 pub struct ConnectOptions {
-    /// Endpoint URL; `None` uses aws-config's (`AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL`,
-    /// or the region's real endpoint).
+    /// Endpoint URL; `None` uses `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL`, or the
+    /// region's AWS endpoint.
     pub endpoint_url: Option<String>,
     /// Region; `None` uses aws-config's chain.
     pub region: Option<String>,
-    /// Timeout of one call attempt.
-    pub attempt_timeout: Duration,
+    /// Timeout of one call attempt; `None`: the producer's `request_timeout` in
+    /// [`Producer::connect`](crate::producer::Producer::connect), else
+    /// [`DEFAULT_ATTEMPT_TIMEOUT_MS`].
+    pub attempt_timeout: Option<Duration>,
     /// Which client [`crate::client::connect`] builds (`SdkKinesis::connect` is always the SDK).
     pub client: crate::client::ClientKind,
+}
+
+impl ConnectOptions {
+    /// The endpoint these options lead to, if one is configured (`None`: the region's AWS
+    /// endpoint), read from the options, then from the environment as aws-config reads it.
+    pub fn endpoint(&self) -> Option<String> {
+        if let Some(url) = &self.endpoint_url {
+            return Some(url.clone());
+        }
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        {
+            return None;
+        }
+        var("AWS_ENDPOINT_URL_KINESIS").or_else(|| var("AWS_ENDPOINT_URL"))
+    }
+
+    /// The attempt timeout in force: [`ConnectOptions::attempt_timeout`], else
+    /// [`DEFAULT_ATTEMPT_TIMEOUT_MS`].
+    pub fn attempt_timeout_or_default(&self) -> Duration {
+        self.attempt_timeout
+            .unwrap_or(Duration::from_millis(DEFAULT_ATTEMPT_TIMEOUT_MS))
+    }
 }
 
 /// Kinesis through the AWS SDK.
@@ -106,10 +149,11 @@ impl SdkKinesis {
         )
     }
 
-    /// Loads aws-config's default chain (credentials, region, endpoint variables), overridden
-    /// by `options`, and builds a client from it.
+    /// A client as `options` say (see [`ConnectOptions`]): aws-config's default chain with
+    /// kpl's HTTP client, placeholders for a local endpoint, SDK retries off. The same loader
+    /// serves the `kpl` command and [`Producer::connect`](crate::producer::Producer::connect).
     pub async fn connect(options: ConnectOptions) -> Self {
-        let attempt_timeout = options.attempt_timeout;
+        let attempt_timeout = options.attempt_timeout_or_default();
         let sdk = SdkKinesis::load_sdk_config(options).await;
         SdkKinesis::from_sdk_config(&sdk, attempt_timeout)
     }
@@ -119,20 +163,22 @@ impl SdkKinesis {
     pub async fn load_sdk_config(options: ConnectOptions) -> SdkConfig {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
-        let local = options.endpoint_url.as_deref().is_some_and(is_loopback);
+        // Wherever the endpoint comes from (the options or the environment), it decides.
+        let endpoint = options.endpoint();
+        let local = endpoint.as_deref().is_some_and(is_loopback);
         match options.region {
             Some(region) => loader = loader.region(Region::new(region)),
             // A local endpoint needs a region only for signing: never look one up (the lookup
             // chain ends at the EC2 metadata service, which is no business of a local run).
-            None if local && std::env::var_os("AWS_REGION").is_none() => {
+            None if local && !region_in_environment() => {
                 loader = loader.region(Region::new(FALLBACK_REGION));
             }
             None => {}
         }
-        if let Some(endpoint) = options.endpoint_url {
+        if let Some(endpoint) = endpoint {
             // A local emulator (kpl sim, kinesalite) checks signatures loosely: when no
             // credentials are configured at all, sign with placeholders instead of failing.
-            if is_loopback(&endpoint) && !credentials_configured() {
+            if local && !credentials_configured() {
                 loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
                     "local",
                     "local",
@@ -317,6 +363,12 @@ pub fn is_loopback(endpoint: &str) -> bool {
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback()),
     }
+}
+
+fn region_in_environment() -> bool {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
 }
 
 fn credentials_configured() -> bool {

@@ -90,6 +90,7 @@ pub mod shard_map;
 pub mod stage_bench;
 mod unwind;
 
+pub use crate::client::sdk::ConnectOptions;
 pub use config::{Compression, ConfigError, ProducerConfig};
 pub use error::{
     FailureReason, FlushError, ProducerError, RecordFailure, SendBatchError, SendError,
@@ -115,17 +116,17 @@ const TAGGED_OVERHEAD_BOUND: usize = 2 * 1024 + 256;
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use kpl::producer::{Producer, ProducerConfig};
+/// use kpl::producer::{ConnectOptions, Producer, ProducerConfig};
 /// use kpl::UserRecord;
 ///
-/// let sdk = aws_config::load_from_env().await;
-/// let producer = Producer::from_sdk_config(&sdk, "my-stream", ProducerConfig::default()).await?;
+/// let producer =
+///     Producer::connect("my-stream", ConnectOptions::default(), ProducerConfig::default()).await?;
 /// let receipt = producer
 ///     .send(UserRecord::new("user-42", &b"{\"clicked\":true}"[..]))
 ///     .await?
 ///     .await?;
 /// println!("stored on {} as {}", receipt.shard_id, receipt.sequence_number);
-/// producer.shutdown().await;
+/// producer.shutdown().await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -157,6 +158,38 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
+    /// A producer for `stream` (a name, or an ARN starting with `arn:`) over the AWS SDK,
+    /// connected as `options` say: the endpoint from the options or `AWS_ENDPOINT_URL_KINESIS`
+    /// / `AWS_ENDPOINT_URL`, the AWS default credential chain (placeholders for a loopback
+    /// endpoint with no credentials configured, so `kpl sim` needs no AWS setup), kpl's rustls
+    /// HTTP client, and `config.request_timeout` per attempt unless the options set one. The
+    /// same loader as the `kpl` command's; see [`ConnectOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use kpl::producer::{ConnectOptions, Producer, ProducerConfig};
+    /// // AWS_ENDPOINT_URL=http://127.0.0.1:4567 (kpl sim) or real Kinesis: the same code.
+    /// let producer =
+    ///     Producer::connect("my-stream", ConnectOptions::default(), ProducerConfig::default())
+    ///         .await?;
+    /// # producer.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        stream: &str,
+        options: ConnectOptions,
+        config: ProducerConfig,
+    ) -> Result<Producer, ProducerError> {
+        config.validate()?;
+        let options = ConnectOptions {
+            attempt_timeout: options.attempt_timeout.or(Some(config.request_timeout)),
+            ..options
+        };
+        // The client `options.client` names: the lean PutRecords path by default.
+        let api = crate::client::connect(options).await;
+        Producer::new(api, stream, config).await
+    }
+
     /// A producer for `stream` (a name, or an ARN starting with `arn:`) over the AWS SDK,
     /// configured by `sdk` (credentials, region, `AWS_ENDPOINT_URL_KINESIS` /
     /// `AWS_ENDPOINT_URL`). The SDK's own retries are turned off: the pipeline owns retries.

@@ -117,29 +117,15 @@ pub fn kinesis_local() -> Server {
     spawn("kinesis-local", cmd, port)
 }
 
-/// Polls with a ListStreams call (unsigned calls are refused, so it carries X-Amz-Date and an
-/// Authorization header) until the server answers 200, for up to 30 s.
+/// Polls with a ListStreams call until the server answers 200, for up to 30 s.
 fn wait_ready(server: &Server, port: u16) {
-    let body = "{}";
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-         X-Amz-Target: Kinesis_20131202.ListStreams\r\nX-Amz-Date: 20260101T000000Z\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=00\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            if s.write_all(request.as_bytes()).is_ok() {
-                let mut buf = [0u8; 64];
-                if let Ok(n) = s.read(&mut buf)
-                    && buf[..n].starts_with(b"HTTP/1.1 200")
-                {
-                    return;
-                }
-            }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port))
+            && signed_call(&mut s, port, "ListStreams", "{}")
+                .is_ok_and(|answer| answer.starts_with("HTTP/1.1 200"))
+        {
+            return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -163,17 +149,63 @@ pub async fn api(endpoint: &str, attempt_timeout: Duration) -> Arc<dyn KinesisAp
     kpl::client::connect(ConnectOptions {
         endpoint_url: Some(endpoint.to_owned()),
         region: Some("us-east-1".into()),
-        attempt_timeout,
+        attempt_timeout: Some(attempt_timeout),
         client: client_kind(),
     })
     .await
+}
+
+/// One Kinesis call as raw HTTP on `stream` (a connection to 127.0.0.1:`port`), answered in
+/// full (status line, headers, body). Unsigned calls are refused by every local Kinesis, so it
+/// carries X-Amz-Date and an Authorization header with a placeholder signature.
+pub fn signed_call(
+    stream: &mut TcpStream,
+    port: u16,
+    operation: &str,
+    body: &str,
+) -> std::io::Result<String> {
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         X-Amz-Target: Kinesis_20131202.{operation}\r\nX-Amz-Date: 20260101T000000Z\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature=00\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    // Read to the end of the body (Content-Length), not to the end of the connection: not
+    // every server honours `Connection: close`.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if answer.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 pub async fn sdk(endpoint: &str) -> SdkKinesis {
     SdkKinesis::connect(ConnectOptions {
         endpoint_url: Some(endpoint.to_owned()),
         region: Some("us-east-1".into()),
-        attempt_timeout: Duration::from_secs(10),
+        attempt_timeout: Some(Duration::from_secs(10)),
         ..Default::default()
     })
     .await

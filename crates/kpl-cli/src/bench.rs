@@ -438,6 +438,7 @@ impl Target {
             Some(_) => None,
             None => {
                 let sim = Sim::start(SimConfig {
+                    streams: vec![(args.stream.clone(), args.shards)],
                     enforce_limits: !args.no_limits,
                     // A bench never reads back: the simulator keeps no copy of the data, so its
                     // memory and CPU stay out of what is measured (see SimConfig::discard_data).
@@ -445,7 +446,6 @@ impl Target {
                     ..Default::default()
                 })
                 .await?;
-                sim.create_stream(&args.stream, args.shards).await?;
                 Some(sim)
             }
         };

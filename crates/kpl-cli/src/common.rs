@@ -34,26 +34,25 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    /// An SDK client with `attempt_timeout` per call.
-    pub async fn sdk(&self, attempt_timeout: Duration) -> SdkKinesis {
-        SdkKinesis::connect(ConnectOptions {
+    /// The library's connect options for these flags (one loader for the CLI and
+    /// `Producer::connect`: see `ConnectOptions`).
+    pub fn options(&self, attempt_timeout: Duration) -> ConnectOptions {
+        ConnectOptions {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
-            attempt_timeout,
-            ..Default::default()
-        })
-        .await
+            attempt_timeout: Some(attempt_timeout),
+            client: self.client,
+        }
+    }
+
+    /// An SDK client with `attempt_timeout` per call.
+    pub async fn sdk(&self, attempt_timeout: Duration) -> SdkKinesis {
+        SdkKinesis::connect(self.options(attempt_timeout)).await
     }
 
     /// The client `--client` names, as a `KinesisApi`.
     pub async fn api(&self, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
-        kpl::client::connect(ConnectOptions {
-            endpoint_url: self.endpoint_url.clone(),
-            region: self.region.clone(),
-            attempt_timeout,
-            client: self.client,
-        })
-        .await
+        kpl::client::connect(self.options(attempt_timeout)).await
     }
 }
 

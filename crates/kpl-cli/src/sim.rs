@@ -1,5 +1,15 @@
 //! `kpl sim`: a local Kinesis with shard limits and a fault layer, for trying producers (and
 //! kpl itself) against throttling and failures before production.
+//!
+//! Ready means ready: the `--stream`s are created before the port accepts a connection, and
+//! the one line on stdout, printed then, says where and what:
+//!
+//! ```text
+//! kpl sim: listening on http://127.0.0.1:PORT streams=NAME:SHARDS[,NAME:SHARDS...]
+//! ```
+//!
+//! (the endpoint is the fifth space-separated word, as in `read -r _ _ _ _ endpoint _`;
+//! `streams=` is empty without `--stream`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +20,8 @@ use kpl_sim::{EntryFault, Faults, RequestFault, Sim, SimConfig};
 /// Arguments of `kpl sim`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Port on 127.0.0.1 (0 picks a free one; the endpoint is printed on stdout).
+    /// Port on 127.0.0.1 (0 picks a free one). Once the streams exist, one line on stdout
+    /// names the endpoint: `kpl sim: listening on http://127.0.0.1:PORT streams=NAME:SHARDS,...`.
     #[arg(long, default_value_t = 4567)]
     port: u16,
     /// A stream to create, as NAME:SHARDS (repeatable).
@@ -110,19 +121,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let sim = Sim::start(SimConfig {
         port: args.port,
+        streams: args.streams.clone(),
         enforce_limits: !args.no_limits,
         seed: args.seed,
         faults,
         ..Default::default()
     })
     .await?;
-    for (name, shards) in &args.streams {
-        sim.create_stream(name, *shards)
-            .await
-            .with_context(|| format!("cannot create stream {name}"))?;
-        eprintln!("kpl sim: stream {name} with {shards} shards");
-    }
-    println!("{}", sim.endpoint());
+    println!("{}", endpoint_line(sim.endpoint(), &args.streams));
     eprintln!(
         "kpl sim: Kinesis at {} (shard limits {}); faults: POST /_sim/faults, stats: GET /_sim/stats; Ctrl-C stops",
         sim.endpoint(),
@@ -132,6 +138,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("kpl sim: stopping; {:?}", sim.stats());
     sim.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line scripts read to know `kpl sim` is ready (see the module docs).
+fn endpoint_line(endpoint: &str, streams: &[(String, u32)]) -> String {
+    let streams: Vec<String> = streams
+        .iter()
+        .map(|(name, shards)| format!("{name}:{shards}"))
+        .collect();
+    format!(
+        "kpl sim: listening on {endpoint} streams={}",
+        streams.join(",")
+    )
 }
 
 async fn wait_for_signal() {

@@ -125,30 +125,145 @@ async fn compression_and_json_keys_round_trip_through_kinesalite() {
     assert_eq!(shard_of_key.len(), 700);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_round_trip_through_kpl_sim_with_shard_limits() {
-    let port = common::free_port().to_string();
-    let mut sim: Child = Command::new(kpl_binary())
-        .args(["sim", "--port", &port, "--stream", "s:2"])
+/// A `kpl sim` process, killed when dropped.
+struct SimProcess {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    endpoint: String,
+    port: u16,
+    /// The endpoint line as printed.
+    line: String,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kpl sim --port 0 ARGS`, once it has printed its endpoint line:
+/// `kpl sim: listening on http://127.0.0.1:PORT streams=NAME:SHARDS,...`.
+fn kpl_sim(args: &[&str]) -> SimProcess {
+    use std::io::BufRead;
+    let mut child: Child = Command::new(kpl_binary())
+        .args(["sim", "--port", "0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The endpoint is printed once the stream exists.
-    let mut first = String::new();
-    {
-        use std::io::BufRead;
-        let stdout = sim.stdout.take().unwrap();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut first)
-            .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let line = line.trim_end().to_owned();
+    let endpoint = line
+        .strip_prefix("kpl sim: listening on ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not an endpoint line: {line:?}"))
+        .to_owned();
+    let port = endpoint
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a loopback endpoint: {line:?}"));
+    SimProcess {
+        child,
+        stdout,
+        endpoint,
+        port,
+        line,
     }
-    let endpoint = first.trim().to_owned();
-    assert_eq!(endpoint, format!("http://127.0.0.1:{port}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_round_trip_through_kpl_sim_with_shard_limits() {
+    let sim = kpl_sim(&["--stream", "s:2"]);
     let input = json_lines(100_000);
-    round_trip(&endpoint, "s", &input, &["--partition-key", "json:user"]);
-    let _ = sim.kill();
-    let _ = sim.wait();
+    round_trip(
+        &sim.endpoint,
+        "s",
+        &input,
+        &["--partition-key", "json:user"],
+    );
+}
+
+/// `kpl sim` creates its streams before it accepts a connection: a call sent the moment the
+/// port accepts one finds the stream ACTIVE with its shards, and can write to it.
+#[test]
+fn kpl_sim_serves_its_streams_from_the_first_connection() {
+    let port = common::free_port();
+    let mut child = Command::new(kpl_binary())
+        .args(["sim", "--port", &port.to_string(), "--stream", "ready:3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A bound on a hang only: the loop ends at the first connection accepted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("kpl sim never accepted a connection: {e}"),
+        }
+    };
+    let summary = common::signed_call(
+        &mut first,
+        port,
+        "DescribeStreamSummary",
+        r#"{"StreamName":"ready"}"#,
+    )
+    .unwrap();
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let put = common::signed_call(
+        &mut second,
+        port,
+        "PutRecords",
+        r#"{"StreamName":"ready","Records":[{"PartitionKey":"k","Data":"aGk="}]}"#,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(summary.starts_with("HTTP/1.1 200"), "{summary}");
+    assert!(summary.contains(r#""StreamStatus":"ACTIVE""#), "{summary}");
+    assert!(summary.contains(r#""OpenShardCount":3"#), "{summary}");
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    assert!(put.contains(r#""FailedRecordCount":0"#), "{put}");
+}
+
+/// `--port 0` picks a free port; the one line on stdout names it and the streams, and is
+/// printed only once they exist.
+#[test]
+fn kpl_sim_on_port_0_prints_one_endpoint_line_once_its_streams_exist() {
+    let mut sim = kpl_sim(&["--stream", "a:2", "--stream", "b:1"]);
+    assert_eq!(
+        sim.line,
+        format!(
+            "kpl sim: listening on http://127.0.0.1:{} streams=a:2,b:1",
+            sim.port
+        )
+    );
+    for (stream, shards) in [("a", 2), ("b", 1)] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", sim.port)).unwrap();
+        let body = format!(r#"{{"StreamName":"{stream}"}}"#);
+        let summary =
+            common::signed_call(&mut conn, sim.port, "DescribeStreamSummary", &body).unwrap();
+        assert!(summary.starts_with("HTTP/1.1 200"), "{summary}");
+        assert!(
+            summary.contains(&format!(r#""OpenShardCount":{shards}"#)),
+            "{summary}"
+        );
+    }
+    // Nothing else on stdout up to a graceful stop (diagnostics go to stderr).
+    let stopped = Command::new("kill")
+        .args(["-TERM", &sim.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut sim.stdout, &mut rest).unwrap();
+    assert!(sim.child.wait().unwrap().success());
+    assert_eq!(rest, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,12 +416,12 @@ async fn a_trained_dictionary_and_dedup_ids_round_trip_through_lost_answers() {
     assert!(stderr(&train).contains("with it"), "{}", stderr(&train));
 
     let sim = Sim::start(SimConfig {
+        streams: vec![("d".into(), 2)],
         seed: 5,
         ..Default::default()
     })
     .await
     .unwrap();
-    sim.create_stream("d", 2).await.unwrap();
     // A fifth of the calls are stored but their answer never comes: kpl put resends them.
     sim.set_faults(Faults {
         stream: Some("d".into()),

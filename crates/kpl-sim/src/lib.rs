@@ -10,13 +10,52 @@
 //! at a given time — seeded, so a run repeats, and changeable while running through
 //! [`SimHandle::set_faults`] or `POST /_sim/faults` (`GET /_sim/stats` counts what happened).
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use kpl_sim::{Sim, SimConfig};
-//! let sim = Sim::start(SimConfig::default()).await?;
-//! sim.create_stream("logs", 4).await?;
-//! println!("Kinesis with shard limits at {}", sim.endpoint());
-//! # Ok(()) }
+//! The streams of [`SimConfig::streams`] exist (ACTIVE, with their shards) before the
+//! simulator accepts its first connection: when [`Sim::start`] returns, every call finds them.
+//!
+//! # In your tests
+//!
+//! Add `kpl-sim` as a dev-dependency and start one per test, on a free port:
+//! [`SimHandle::api`] is a client for [`kpl::producer::Producer::new`], and
+//! [`SimHandle::endpoint`] the URL for code that connects on its own
+//! (`kpl::producer::ConnectOptions::endpoint_url`, or `AWS_ENDPOINT_URL` for a child process;
+//! no AWS credentials needed).
+//!
+//! ```
+//! use kpl::UserRecord;
+//! use kpl::producer::{Producer, ProducerConfig};
+//! use kpl_sim::{EntryFault, Faults, Sim, SimConfig};
+//!
+//! #[tokio::main(flavor = "current_thread")] // in a test: #[tokio::test]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let sim = Sim::start(SimConfig {
+//!         streams: vec![("orders".into(), 2)],
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//!     // A third of the entries throttled: the producer retries them.
+//!     sim.set_faults(Faults {
+//!         entry_failures: vec![EntryFault {
+//!             code: "ProvisionedThroughputExceededException".into(),
+//!             probability: 0.3,
+//!         }],
+//!         ..Default::default()
+//!     });
+//!     let producer = Producer::new(sim.api(), "orders", ProducerConfig::default()).await?;
+//!     let mut receipts = Vec::new();
+//!     for i in 0..20 {
+//!         let record = UserRecord::new(format!("order-{i}"), "paid");
+//!         receipts.push(producer.send(record).await?);
+//!     }
+//!     for receipt in receipts {
+//!         receipt.await?; // stored, however many attempts it took
+//!     }
+//!     producer.shutdown().await?;
+//!     assert!(sim.stats().put_requests > 0);
+//!     sim.create_stream("audit", 1).await?; // more streams later, ACTIVE when this returns
+//!     sim.shutdown().await;
+//!     Ok(())
+//! }
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +78,9 @@ pub use faults::{EntryFault, Faults, RequestFault, Reshard, SimStats};
 pub struct SimConfig {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// Streams to create, as (name, shard count): ACTIVE before the first connection is
+    /// accepted. Default none ([`SimHandle::create_stream`] creates more at any time).
+    pub streams: Vec<(String, u32)>,
     /// Enforce shard write limits (1000 records/s, 1 MiB/s per shard). Default on.
     pub enforce_limits: bool,
     /// Most open shards across streams. Default 100 000 (benchmarks need many).
@@ -60,6 +102,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             port: 0,
+            streams: Vec::new(),
             enforce_limits: true,
             shard_limit: 100_000,
             seed: 0,
@@ -86,6 +129,19 @@ pub enum SimError {
     /// A call to the embedded Kinesis failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The store refused to create a stream.
+    #[error("cannot create stream {name:?} with {shards} shards: {message} ({code})")]
+    CreateStream {
+        /// The stream's name.
+        name: String,
+        /// The shard count asked for.
+        shards: u32,
+        /// The Kinesis error code, e.g. `ResourceInUseException` (the stream exists),
+        /// `LimitExceededException` (over [`SimConfig::shard_limit`]) or `ValidationException`.
+        code: String,
+        /// What the store said.
+        message: String,
+    },
 }
 
 /// The simulator entry point.
@@ -101,8 +157,22 @@ pub struct SimHandle {
 }
 
 impl Sim {
-    /// Binds 127.0.0.1 and serves the embedded Kinesis behind the fault layer.
+    /// Creates `config.streams` in the embedded Kinesis, then binds 127.0.0.1 and serves it
+    /// behind the fault layer: nothing can connect before the streams are ACTIVE.
     pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
+        // Shard limits are counted by the layer (partition key + data, as AWS counts them),
+        // not by ferrokinesis (data only).
+        let (kinesis, store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
+            enforce_limits: false,
+            shard_limit: config.shard_limit,
+            create_stream_ms: 0,
+            delete_stream_ms: 0,
+            update_stream_ms: 0,
+            ..Default::default()
+        });
+        for (name, shards) in &config.streams {
+            create_in_store(&store, name, *shards).await?;
+        }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
             .await
             .map_err(|source| SimError::Bind {
@@ -114,16 +184,6 @@ impl Sim {
             source,
         })?;
         let endpoint = format!("http://{addr}");
-        // Shard limits are counted by the layer (partition key + data, as AWS counts them),
-        // not by ferrokinesis (data only).
-        let (kinesis, store) = ferrokinesis::create_app(ferrokinesis::store::StoreOptions {
-            enforce_limits: false,
-            shard_limit: config.shard_limit,
-            create_stream_ms: 0,
-            delete_stream_ms: 0,
-            update_stream_ms: 0,
-            ..Default::default()
-        });
         let shared = Arc::new(layer::Shared {
             state: Mutex::new(faults::FaultState::new(Faults::default(), config.seed)),
             endpoint: endpoint.clone(),
@@ -150,7 +210,7 @@ impl Sim {
         let client = SdkKinesis::connect(ConnectOptions {
             endpoint_url: Some(endpoint.clone()),
             region: Some("us-east-1".into()),
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout: Some(Duration::from_secs(10)),
             ..Default::default()
         })
         .await;
@@ -165,6 +225,39 @@ impl Sim {
     }
 }
 
+/// Creates a stream directly in the store (no HTTP, so neither the fault layer nor a listener
+/// is involved), with the checks a CreateStream call gets, and waits until it is ACTIVE.
+async fn create_in_store(
+    store: &ferrokinesis::store::Store,
+    name: &str,
+    shards: u32,
+) -> Result<(), SimError> {
+    use ferrokinesis::actions::{Operation, dispatch};
+    use ferrokinesis::validation::{FieldDef, check_types, check_validations};
+    let refused = |e: ferrokinesis::error::KinesisErrorResponse| SimError::CreateStream {
+        name: name.to_owned(),
+        shards,
+        code: e.body.error_type,
+        message: e.body.message.unwrap_or_default(),
+    };
+    let rules = Operation::CreateStream.validation_rules();
+    let fields: Vec<(&str, &FieldDef)> = rules.iter().map(|(k, v)| (*k, v)).collect();
+    let request = serde_json::json!({ "StreamName": name, "ShardCount": shards });
+    let request = check_types(&request, &fields).map_err(refused)?;
+    check_validations(&request, &fields, None).map_err(refused)?;
+    dispatch(store, Operation::CreateStream, request)
+        .await
+        .map_err(refused)?;
+    // The store turns the stream ACTIVE on a task of its own, at once (create_stream_ms 0).
+    loop {
+        let stream = store.get_stream(name).await.map_err(refused)?;
+        if stream.stream_status == ferrokinesis::types::StreamStatus::Active {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Installs `faults` and schedules their reshard, if any.
 pub(crate) fn apply_faults(shared: &Arc<layer::Shared>, faults: Faults) {
     let reshard = faults.reshard.clone().zip(faults.stream.clone());
@@ -176,7 +269,7 @@ pub(crate) fn apply_faults(shared: &Arc<layer::Shared>, faults: Faults) {
             let client = SdkKinesis::connect(ConnectOptions {
                 endpoint_url: Some(shared.endpoint.clone()),
                 region: Some("us-east-1".into()),
-                attempt_timeout: Duration::from_secs(10),
+                attempt_timeout: Some(Duration::from_secs(10)),
                 ..Default::default()
             })
             .await;
@@ -221,10 +314,11 @@ impl SimHandle {
         &self.endpoint
     }
 
-    /// Creates a stream of `shards` shards, ACTIVE when this returns.
+    /// Creates a stream of `shards` shards, ACTIVE when this returns (in the store directly:
+    /// the fault layer does not see it). Streams needed from the start are better given in
+    /// [`SimConfig::streams`].
     pub async fn create_stream(&self, name: &str, shards: u32) -> Result<(), SimError> {
-        self.client.create_stream(name, shards as i32).await?;
-        Ok(())
+        create_in_store(&self.shared.store, name, shards).await
     }
 
     /// Replaces the faults (and schedules their reshard).
