@@ -1,16 +1,21 @@
-//! From Rust outcomes to resolved asyncio Futures, in batches.
+//! From Rust outcomes to resolved asyncio Futures, in batches, without a foreign thread ever
+//! taking the GIL.
 //!
-//! Each producer has a collector task on the runtime that polls every outstanding
-//! operation (a record's receipt, a batch, a flush) and gathers those that completed in one
-//! wake-up into a batch. Batches go to one deliverer thread per process, which takes the GIL
-//! (never a runtime worker: waiting for the GIL there would stall the pipeline) and schedules
-//! each batch on its loop with one `call_soon_threadsafe`; more batches queue up while it
-//! waits for the GIL, so a busy interpreter gets fewer, larger batches.
+//! Each producer has a collector task on the runtime that polls every outstanding operation
+//! (a record's receipt, a batch, a flush) and puts those that completed in one wake-up into
+//! the producer's inbox. The loop watches the read end of a socket pair (`add_reader`): the
+//! first completion put into an empty inbox writes one byte, and the loop then drains the
+//! whole inbox in one callback on its own thread. So a busy loop gets fewer, larger batches,
+//! a runtime worker never waits for the GIL, and nothing takes the GIL while the interpreter
+//! shuts down (a thread that does then aborts the process).
 
 use std::future::{Future, poll_fn};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use futures_util::StreamExt;
@@ -36,13 +41,27 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts the collector of a producer whose Futures belong to the loop of
-    /// `call_soon_threadsafe` (a bound method).
-    pub fn start(call_soon_threadsafe: Py<PyAny>) -> Collector {
+    /// Starts the collector of a producer whose Futures belong to `event_loop`, and registers
+    /// the loop's reader of its inbox.
+    pub fn start(event_loop: &Bound<'_, PyAny>) -> PyResult<Collector> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let fd = reader.as_raw_fd();
+        let inbox = Arc::new(Inbox {
+            items: Mutex::new(Vec::new()),
+            armed: AtomicBool::new(false),
+            writer,
+        });
+        let drain = Drain {
+            inbox: inbox.clone(),
+            reader,
+            event_loop: event_loop.clone().unbind(),
+        };
+        event_loop.call_method1("add_reader", (fd, drain))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let target = Arc::new(call_soon_threadsafe);
-        crate::runtime::get().spawn(collect(rx, target));
-        Collector { tx }
+        crate::runtime::get().spawn(collect(rx, inbox));
+        Ok(Collector { tx })
     }
 
     /// Polls `operation` until it completes and resolves its Future. False if the collector
@@ -52,8 +71,33 @@ impl Collector {
     }
 }
 
-/// Polls operations and sends each wake-up's completions to the deliverer as one batch.
-async fn collect(mut rx: mpsc::UnboundedReceiver<Operation>, target: Arc<Py<PyAny>>) {
+/// Completions waiting for the loop.
+struct Inbox {
+    items: Mutex<Vec<Item>>,
+    /// A byte was written and the loop has not drained since.
+    armed: AtomicBool,
+    writer: UnixStream,
+}
+
+enum Item {
+    Done(Completion),
+    /// The collector ended: the loop stops watching.
+    Closed,
+}
+
+impl Inbox {
+    fn put(&self, items: impl IntoIterator<Item = Item>) {
+        self.items.lock().expect("never poisoned").extend(items);
+        if !self.armed.swap(true, Ordering::SeqCst) {
+            // A full socket buffer (WouldBlock) is readable already; a closed reader means
+            // the loop is gone and nobody waits.
+            let _ = (&self.writer).write(&[1]);
+        }
+    }
+}
+
+/// Polls operations and puts each wake-up's completions into the inbox at once.
+async fn collect(mut rx: mpsc::UnboundedReceiver<Operation>, inbox: Arc<Inbox>) {
     let mut pending: FuturesUnordered<Operation> = FuturesUnordered::new();
     let mut done = Vec::new();
     loop {
@@ -70,7 +114,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Operation>, target: Arc<Py<PyAn
                 }
             }
             while let Poll::Ready(Some(completion)) = pending.poll_next_unpin(cx) {
-                done.push(completion);
+                done.push(Item::Done(completion));
             }
             if !done.is_empty() || (!open && pending.is_empty()) {
                 Poll::Ready(open)
@@ -80,95 +124,68 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Operation>, target: Arc<Py<PyAn
         })
         .await;
         if !done.is_empty() {
-            deliver(Delivery {
-                target: target.clone(),
-                completions: std::mem::take(&mut done),
-            });
+            inbox.put(done.drain(..));
         }
         if !open && pending.is_empty() {
             break;
         }
     }
-    // The last handle of the loop goes away on the deliverer, with the GIL held.
-    deliver(Delivery {
-        target,
-        completions: Vec::new(),
-    });
+    inbox.put([Item::Closed]);
 }
 
-/// Completions for one loop.
-struct Delivery {
-    target: Arc<Py<PyAny>>,
-    completions: Vec<Completion>,
-}
-
-fn deliver(delivery: Delivery) {
-    static DELIVERER: OnceLock<Mutex<std_mpsc::Sender<Delivery>>> = OnceLock::new();
-    let tx = DELIVERER.get_or_init(|| {
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::Builder::new()
-            .name("kpl-deliver".into())
-            .spawn(move || run_deliverer(rx))
-            .expect("kpl: cannot start the delivery thread");
-        Mutex::new(tx)
-    });
-    let _ = tx.lock().expect("never poisoned").send(delivery);
-}
-
-/// Waits for deliveries; takes the GIL once for all that are queued, merges those of the same
-/// loop and schedules each merged batch on its loop.
-fn run_deliverer(rx: std_mpsc::Receiver<Delivery>) {
-    while let Ok(first) = rx.recv() {
-        let mut queued = vec![first];
-        Python::attach(|py| {
-            // Deliveries that arrived while this thread waited for the GIL.
-            queued.extend(rx.try_iter());
-            let mut merged: Vec<Delivery> = Vec::new();
-            for d in queued.drain(..) {
-                match merged
-                    .iter_mut()
-                    .find(|m| Arc::ptr_eq(&m.target, &d.target))
-                {
-                    Some(m) => m.completions.extend(d.completions),
-                    None => merged.push(d),
-                }
-            }
-            for d in merged.into_iter().filter(|d| !d.completions.is_empty()) {
-                let batch = CompletionBatch {
-                    completions: Mutex::new(d.completions),
-                };
-                // A closed loop refuses: nobody can await its Futures any more.
-                let _ = d.target.call1(py, (batch,));
-            }
-        });
-    }
-}
-
-/// Completions to resolve on their loop: `call_soon_threadsafe` calls it there.
+/// The loop's reader callback: resolves every completion in the inbox, on the loop's thread.
 #[pyclass(module = "kpl._kpl")]
-pub struct CompletionBatch {
-    completions: Mutex<Vec<Completion>>,
+pub struct Drain {
+    inbox: Arc<Inbox>,
+    reader: UnixStream,
+    event_loop: Py<PyAny>,
 }
 
 #[pymethods]
-impl CompletionBatch {
+impl Drain {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let completions = std::mem::take(&mut *self.completions.lock().expect("never poisoned"));
-        for Completion { future, outcome } in completions {
-            let future = future.bind(py);
-            // A cancelled Future (its awaiter gave up) takes no result.
-            if future
-                .call_method0(pyo3::intern!(py, "done"))?
-                .is_truthy()?
-            {
-                continue;
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.reader).read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
             }
-            match outcome.into_py(py) {
-                Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
-                Err(error) => future
-                    .call_method1(pyo3::intern!(py, "set_exception"), (error.into_value(py),))?,
-            };
+        }
+        // Disarm before taking: a completion put after this writes a new byte.
+        self.inbox.armed.store(false, Ordering::SeqCst);
+        let items = std::mem::take(&mut *self.inbox.items.lock().expect("never poisoned"));
+        for item in items {
+            match item {
+                Item::Done(completion) => resolve(py, completion)?,
+                Item::Closed => {
+                    self.event_loop.call_method1(
+                        py,
+                        "remove_reader",
+                        (self.reader.as_raw_fd(),),
+                    )?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+fn resolve(py: Python<'_>, Completion { future, outcome }: Completion) -> PyResult<()> {
+    let future = future.bind(py);
+    // A cancelled Future (its awaiter gave up) takes no result.
+    if future
+        .call_method0(pyo3::intern!(py, "done"))?
+        .is_truthy()?
+    {
+        return Ok(());
+    }
+    match outcome.into_py(py) {
+        Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
+        Err(error) => {
+            future.call_method1(pyo3::intern!(py, "set_exception"), (error.into_value(py),))?
+        }
+    };
+    Ok(())
 }

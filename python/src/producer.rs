@@ -81,7 +81,7 @@ impl NativeProducer {
             return Err(PyRuntimeError::new_err("the producer was already started"));
         }
         let binding = Binding {
-            collector: Collector::start(event_loop.getattr("call_soon_threadsafe")?.unbind()),
+            collector: Collector::start(event_loop)?,
             create_future: event_loop.getattr("create_future")?.unbind(),
         };
         let binding = self.binding.get_or_init(|| binding);

@@ -73,7 +73,7 @@ pub fn config(settings: Option<&Bound<'_, PyDict>>) -> PyResult<ProducerConfig> 
             "strict_ordering" => c.strict_ordering = boolean(&name, v)?,
             _ => {
                 return Err(PyTypeError::new_err(format!(
-                    "Producer() got an unexpected setting {name:?}; settings are: {}",
+                    "Producer() got an unexpected setting '{name}'; settings are: {}",
                     NAMES.join(", ")
                 )));
             }
