@@ -59,6 +59,8 @@ pub enum Outcome {
     Batch(Vec<RecordResult>),
     /// An exception.
     Error(Failure),
+    /// An exception already made.
+    Raise(PyErr),
 }
 
 /// What an operation can fail with.
@@ -87,6 +89,7 @@ impl Outcome {
                 Ok(PyList::new(py, items)?.into_any().unbind())
             }
             Outcome::Error(failure) => Err(failure.into_pyerr(py)),
+            Outcome::Raise(error) => Err(error),
         }
     }
 }

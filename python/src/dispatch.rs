@@ -25,10 +25,25 @@ use tokio::sync::mpsc;
 
 use crate::convert::Outcome;
 
-/// An asyncio Future and what it resolves to.
+/// An asyncio Future (or one per record of a staged batch) and what it resolves to.
 pub struct Completion {
-    pub future: Py<PyAny>,
+    pub future: Target,
     pub outcome: Outcome,
+}
+
+/// What a completion resolves.
+pub enum Target {
+    /// One Future.
+    One(Py<PyAny>),
+    /// One Future per record of a batch handed over for single sends: the outcome is a
+    /// `Outcome::Batch` whose results go to them in order.
+    Each(Vec<Py<PyAny>>),
+}
+
+impl From<Py<PyAny>> for Target {
+    fn from(future: Py<PyAny>) -> Self {
+        Target::One(future)
+    }
 }
 
 /// An operation in flight: resolves to its Future's completion.
@@ -79,6 +94,9 @@ struct Inbox {
     writer: UnixStream,
 }
 
+// Items are moved once, into and out of the inbox: boxing the common variant would cost an
+// allocation per completion to save bytes on the rare one.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Done(Completion),
     /// The collector ended: the loop stops watching.
@@ -173,6 +191,30 @@ impl Drain {
 }
 
 fn resolve(py: Python<'_>, Completion { future, outcome }: Completion) -> PyResult<()> {
+    match (future, outcome) {
+        (Target::One(future), outcome) => resolve_one(py, future, outcome),
+        (Target::Each(futures), Outcome::Batch(results)) => {
+            for (future, result) in futures.into_iter().zip(results) {
+                resolve_one(py, future, Outcome::Record(result))?;
+            }
+            Ok(())
+        }
+        (Target::Each(futures), outcome) => {
+            // The whole batch failed (e.g. the producer was closed): each record's Future
+            // gets the same error.
+            let error = match outcome.into_py(py) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            for future in futures {
+                resolve_one(py, future, Outcome::Raise(error.clone_ref(py)))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn resolve_one(py: Python<'_>, future: Py<PyAny>, outcome: Outcome) -> PyResult<()> {
     let future = future.bind(py);
     // A cancelled Future (its awaiter gave up) takes no result.
     if future
