@@ -107,6 +107,10 @@ class Producer:
         ``max_outstanding_bytes``). Returns a future that resolves to a :class:`Receipt` or
         raises :class:`RecordFailed`. ``data`` is bytes or str (sent as UTF-8).
 
+        Records are staged and handed to the pipeline together at the end of the event
+        loop's iteration (or every 256 records): so a send can return up to 256 records
+        before their room is taken; once a staged group finds no room, later sends wait.
+
         Raises :class:`RecordFailed` at once (reason ``"invalid"`` or ``"closed"``) for a
         record that breaks a Kinesis limit or a closed producer. Cancelling a send that is
         waiting for room does not withdraw the record: it is sent once room frees.
