@@ -266,7 +266,7 @@ impl Metrics {
     pub fn hot_shards(&self) -> Vec<HotShard> {
         let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<HotShard> = hot.values().cloned().collect();
-        v.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        v.sort_by_key(|h| std::cmp::Reverse(h.bytes));
         v
     }
 
