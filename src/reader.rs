@@ -201,7 +201,11 @@ impl StreamReader {
                 );
             }
             let iterator = cursor.iterator.clone().expect("set above");
-            let page = match self.api.get_records(&iterator, MAX_GET_RECORDS_LIMIT).await {
+            let page = match self
+                .api
+                .get_records(&self.stream, &iterator, MAX_GET_RECORDS_LIMIT)
+                .await
+            {
                 Ok(page) => page,
                 Err(e) if e.code.as_deref() == Some("ProvisionedThroughputExceededException") => {
                     cursor.next_call = Instant::now() + THROTTLE_BACKOFF;

@@ -1318,3 +1318,62 @@ async fn a_fatal_list_shards_error_fails_the_waiting_records() {
     }
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+/// A shard throttled while carrying far more than the others is reported with the partition
+/// key that makes it hot (`Producer::hot_keys`, counted in the snapshot).
+#[tokio::test(start_paused = true)]
+async fn a_throttled_hot_shard_is_reported_with_its_hot_key() {
+    let fake = Arc::new(MemoryKinesis::new(4));
+    let hot_hash = HashKey::of_partition_key("hot-customer");
+    let hot_shard = fake
+        .shards()
+        .into_iter()
+        .find(|s| s.hash_range.contains(hot_hash))
+        .expect("a shard owns every hash key");
+    let range = hot_shard.hash_range;
+    fake.set_plan(move |call| {
+        if call.index >= 3 {
+            return Plan::Store;
+        }
+        Plan::FailEntries(
+            call.entries
+                .iter()
+                .map(|e| {
+                    let hash = match &e.explicit_hash_key {
+                        Some(h) => HashKey(h.parse().unwrap()),
+                        None => HashKey::of_partition_key(&e.partition_key),
+                    };
+                    range
+                        .contains(hash)
+                        .then(|| "ProvisionedThroughputExceededException".to_owned())
+                })
+                .collect(),
+        )
+    });
+    let p = producer(&fake, ProducerConfig::default()).await;
+    let mut futures = Vec::new();
+    for i in 0..400 {
+        let key = if i % 4 == 0 {
+            format!("key-{i}")
+        } else {
+            "hot-customer".to_owned()
+        };
+        futures.push(p.send(UserRecord::new(key, vec![b'x'; 200])).await.unwrap());
+    }
+    for f in futures {
+        f.await.expect("stored after the throttles");
+    }
+    let m = p.metrics();
+    assert!(m.throttled_entries >= 1, "{m:?}");
+    assert_eq!(
+        m.shards[&hot_shard.shard_id].throttled_entries,
+        m.throttled_entries
+    );
+    assert!(m.hot_shard_reports >= 1, "{m:?}");
+    let hot = p.hot_keys();
+    assert_eq!(hot.len(), 1, "{hot:?}");
+    assert_eq!(hot[0].shard_id, hot_shard.shard_id);
+    assert_eq!(hot[0].keys[0].partition_key, "hot-customer");
+    assert!(hot[0].bytes > 2 * hot[0].mean_other_bytes);
+    p.shutdown().await.unwrap();
+}

@@ -311,16 +311,23 @@ impl SdkKinesis {
         })
     }
 
-    /// One GetRecords call.
-    pub async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError> {
-        let out = self
+    /// One GetRecords call. A stream named by ARN is passed as `StreamARN` too, as reading a
+    /// stream of another account through its resource-based policy requires.
+    pub async fn get_records(
+        &self,
+        stream: &StreamId,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError> {
+        let mut req = self
             .client
             .get_records()
             .shard_iterator(iterator)
-            .limit(limit)
-            .send()
-            .await
-            .map_err(map_error)?;
+            .limit(limit);
+        if let StreamId::Arn(a) = stream {
+            req = req.stream_arn(a);
+        }
+        let out = req.send().await.map_err(map_error)?;
         Ok(RecordsPage {
             records: out
                 .records

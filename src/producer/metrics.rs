@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::producer::hot_keys::HotShard;
+
 /// What the producer did so far.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
@@ -57,8 +59,13 @@ pub struct MetricsSnapshot {
     pub user_records_per_kinesis_record: f64,
     /// KinesisRecordsPerPutRecordsRequest: mean call size.
     pub kinesis_records_per_put_records_request: f64,
-    /// Kinesis records and their bytes (partition key + data) stored, per shard.
+    /// Kinesis records and their bytes (partition key + data) stored, and entries throttled,
+    /// per shard.
     pub shards: BTreeMap<String, ShardCounters>,
+    /// Times a throttled shard was found hot (see [`Producer::hot_keys`]).
+    ///
+    /// [`Producer::hot_keys`]: crate::producer::Producer::hot_keys
+    pub hot_shard_reports: u64,
 }
 
 /// What one shard stored.
@@ -68,6 +75,25 @@ pub struct ShardCounters {
     pub kinesis_records: u64,
     /// Their bytes, as the shard's limit counts them.
     pub bytes: u64,
+    /// Entries the service throttled on the shard.
+    pub throttled_entries: u64,
+}
+
+/// Shards with their own `shard` label in the facade's per-shard series; the others share
+/// `shard="other"`, so a stream of thousands of shards cannot flood a scraper.
+pub const MAX_SHARD_LABELS: usize = 64;
+
+/// The facade's per-shard series of one shard.
+struct ShardSeries {
+    kinesis_records: metrics::Counter,
+    bytes: metrics::Counter,
+    throttled: metrics::Counter,
+}
+
+/// One shard's counters and series.
+struct ShardEntry {
+    counters: ShardCounters,
+    series: ShardSeries,
 }
 
 #[derive(Default)]
@@ -106,6 +132,8 @@ struct Facade {
     request_time: metrics::Histogram,
     buffering_time: metrics::Histogram,
     user_per_kinesis: metrics::Histogram,
+    pending: metrics::Gauge,
+    hot_shard_reports: metrics::Counter,
 }
 
 /// The producer's counters. Shared by the pipeline task and the handles.
@@ -113,7 +141,9 @@ pub struct Metrics {
     stream: String,
     c: Counters,
     errors: Mutex<BTreeMap<String, u64>>,
-    shards: Mutex<BTreeMap<String, ShardCounters>>,
+    shards: Mutex<BTreeMap<String, ShardEntry>>,
+    hot: Mutex<BTreeMap<String, HotShard>>,
+    hot_reports: AtomicU64,
     facade: Facade,
 }
 
@@ -137,11 +167,15 @@ impl Metrics {
                 user_per_kinesis: metrics::histogram!(
                     "kpl_user_records_per_kinesis_record", "stream" => s.clone()
                 ),
+                pending: metrics::gauge!("kpl_user_records_pending", "stream" => s.clone()),
+                hot_shard_reports: metrics::counter!("kpl_hot_shard_reports", "stream" => s.clone()),
             },
             stream: s,
             c: Counters::default(),
             errors: Mutex::new(BTreeMap::new()),
             shards: Mutex::new(BTreeMap::new()),
+            hot: Mutex::new(BTreeMap::new()),
+            hot_reports: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +184,7 @@ impl Metrics {
         self.c.received.fetch_add(records, Relaxed);
         self.c.received_bytes.fetch_add(bytes, Relaxed);
         self.facade.received.increment(records);
+        self.facade.pending.increment(records as f64);
     }
 
     /// A Kinesis record carrying `user_records` was stored.
@@ -162,17 +197,77 @@ impl Metrics {
         self.facade.put_bytes.increment(user_bytes);
         self.facade.kinesis_put.increment(kinesis);
         self.facade.user_per_kinesis.record(user_records as f64);
+        self.facade.pending.decrement(user_records as f64);
+    }
+
+    /// Runs `f` on `shard`'s entry, made on first use: its own series for the first
+    /// [`MAX_SHARD_LABELS`] shards seen, `shard="other"` for the rest.
+    fn with_shard(&self, shard: &str, f: impl FnOnce(&mut ShardEntry)) {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = shards.get_mut(shard) {
+            f(entry);
+            return;
+        }
+        let label = if shards.len() < MAX_SHARD_LABELS {
+            shard.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let labels = [("stream", self.stream.clone()), ("shard", label)];
+        let series = ShardSeries {
+            kinesis_records: metrics::counter!("kpl_shard_kinesis_records_put", &labels),
+            bytes: metrics::counter!("kpl_shard_kinesis_records_data_put", &labels),
+            throttled: metrics::counter!("kpl_shard_throttled_entries", &labels),
+        };
+        f(shards.entry(shard.to_owned()).or_insert(ShardEntry {
+            counters: ShardCounters::default(),
+            series,
+        }));
     }
 
     /// A Kinesis record of `bytes` was stored on `shard`.
     pub fn shard_put(&self, shard: &str, bytes: u64) {
-        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        let c = match shards.get_mut(shard) {
-            Some(c) => c,
-            None => shards.entry(shard.to_owned()).or_default(),
-        };
-        c.kinesis_records += 1;
-        c.bytes += bytes;
+        self.with_shard(shard, |e| {
+            e.counters.kinesis_records += 1;
+            e.counters.bytes += bytes;
+            e.series.kinesis_records.increment(1);
+            e.series.bytes.increment(bytes);
+        });
+    }
+
+    /// An entry was throttled on `shard`.
+    pub fn shard_throttled(&self, shard: &str) {
+        self.throttled(1);
+        self.with_shard(shard, |e| {
+            e.counters.throttled_entries += 1;
+            e.series.throttled.increment(1);
+        });
+    }
+
+    /// A throttled shard was found hot: keeps its report (the latest per shard, for at most
+    /// [`MAX_SHARD_LABELS`] shards: the lightest is dropped for a new one) and counts it.
+    pub(crate) fn hot_shard(&self, report: HotShard) {
+        self.hot_reports.fetch_add(1, Relaxed);
+        self.facade.hot_shard_reports.increment(1);
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if hot.len() >= MAX_SHARD_LABELS
+            && !hot.contains_key(&report.shard_id)
+            && let Some(lightest) = hot
+                .values()
+                .min_by_key(|h| h.bytes)
+                .map(|h| h.shard_id.clone())
+        {
+            hot.remove(&lightest);
+        }
+        hot.insert(report.shard_id.clone(), report);
+    }
+
+    /// The hot shards' latest reports, hottest first.
+    pub fn hot_shards(&self) -> Vec<HotShard> {
+        let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<HotShard> = hot.values().cloned().collect();
+        v.sort_by_key(|h| std::cmp::Reverse(h.bytes));
+        v
     }
 
     /// A PutRecords call of `entries` entries started.
@@ -239,6 +334,7 @@ impl Metrics {
     pub fn failed(&self, records: u64) {
         self.c.failed.fetch_add(records, Relaxed);
         self.facade.failed.increment(records);
+        self.facade.pending.decrement(records as f64);
     }
 
     /// The counters now.
@@ -282,7 +378,10 @@ impl Metrics {
                 .shards
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+                .iter()
+                .map(|(id, e)| (id.clone(), e.counters))
+                .collect(),
+            hot_shard_reports: get(&self.hot_reports),
         }
     }
 }

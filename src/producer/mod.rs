@@ -77,6 +77,7 @@ mod clock;
 mod collector;
 pub mod config;
 pub mod error;
+pub mod hot_keys;
 pub mod limiter;
 pub mod metrics;
 mod pipeline;
@@ -96,6 +97,7 @@ pub use error::{
     FailureReason, FlushError, ProducerError, RecordFailure, SendBatchError, SendError,
     SendErrorReason,
 };
+pub use hot_keys::{HotKey, HotShard};
 pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, RecordResult};
 
@@ -581,6 +583,15 @@ impl Producer {
     /// The producer's counters so far (KPL metric names).
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// The shards last found hot: throttled while carrying more than twice the mean bytes of
+    /// the other shards, each with the partition keys carrying most of its recent bytes
+    /// (a Space-Saving sketch of 16 counters per shard; see [`hot_keys`]). Each shard's report
+    /// is the latest one (refreshed at most once per second while it stays hot); the same event
+    /// is logged as a rate-limited warning and counted as `kpl_hot_shard_reports`.
+    pub fn hot_keys(&self) -> Vec<HotShard> {
+        self.shared.metrics.hot_shards()
     }
 
     /// The largest record (partition key + data) this producer accepts: the stream's limit.

@@ -21,6 +21,7 @@ use crate::producer::clock::later;
 use crate::producer::collector::Collector;
 use crate::producer::config::ProducerConfig;
 use crate::producer::error::FlushError;
+use crate::producer::hot_keys::{self, HotKeys};
 use crate::producer::limiter::{LimiterConfig, ShardLimiter};
 use crate::producer::metrics::Metrics;
 use crate::producer::record::{
@@ -113,6 +114,8 @@ pub(crate) struct Pipeline {
     /// The last ListShards failure while records wait for a map.
     list_error: Option<String>,
     routes: RouteCache,
+    /// Which keys carry each shard's bytes, to name them when a shard alone is throttled.
+    hot_keys: HotKeys,
 
     aggregator: Aggregator,
     /// A fixed hasher: a refresh walks it, and a seeded run must walk it the same way.
@@ -204,6 +207,7 @@ impl Pipeline {
             map_tx,
             list_error: None,
             routes: RouteCache::new(DEFAULT_ROUTE_CACHE_KEYS),
+            hot_keys: HotKeys::default(),
             aggregator,
             shards: FxHashMap::default(),
             waiting: VecDeque::new(),
@@ -398,6 +402,13 @@ impl Pipeline {
             state.hash_key = route.hash;
             (route.shard_index, route.seen)
         };
+        self.hot_keys.observe(
+            &self.map,
+            index,
+            state.hash_key,
+            &record.partition_key,
+            u64::from(state.billed),
+        );
         state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
         state.seq = self.next_seq;
         self.next_seq += 1;
@@ -412,6 +423,15 @@ impl Pipeline {
             self.grouping,
             &mut self.finished,
         );
+    }
+
+    /// The service throttled an entry on `shard`: counted, and reported with its heaviest keys
+    /// if the shard carries well over the others' bytes (see [`hot_keys`]).
+    fn on_throttled_entry(&mut self, shard: &str, now: Instant) {
+        self.metrics.shard_throttled(shard);
+        if let Some(hot) = self.hot_keys.on_throttled(&self.map, shard, now) {
+            hot_keys::report(&self.metrics, &self.stream, hot);
+        }
     }
 
     /// Delivers a record's outcome to its future, or to its batch's (which is answered when

@@ -348,6 +348,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return print_records(&args, n);
     }
     let config = args.producer.config()?;
+    crate::metrics_export::serve(args.producer.metrics_listen)?;
     let target = match Target::start(&args, config).await? {
         Ok(target) => target,
         Err(code) => return Ok(code),
@@ -388,6 +389,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let report = build_report(&args, &measured);
     print_summary(&report);
+    print_hot_keys(&target.producer.hot_keys());
     if let Some(path) = &args.report {
         let mut json = serde_json::to_vec_pretty(&report)?;
         json.push(b'\n');
@@ -405,6 +407,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The shards found hot while throttled, with their heaviest keys (the producer also logged
+/// them as warnings while it ran).
+fn print_hot_keys(hot: &[kpl::producer::HotShard]) {
+    for shard in hot.iter().take(4) {
+        let keys: Vec<String> = shard
+            .keys
+            .iter()
+            .take(3)
+            .map(|k| {
+                let share = 100.0 * k.bytes as f64 / shard.bytes.max(1) as f64;
+                let key: String = k.partition_key.chars().take(32).collect();
+                format!("{key:?} {share:.0}%")
+            })
+            .collect();
+        eprintln!(
+            "hot shard {}: {:.1}x the mean of the others' bytes when throttled; heaviest keys: {}",
+            shard.shard_id,
+            shard.bytes as f64 / shard.mean_other_bytes.max(1) as f64,
+            keys.join(", ")
+        );
+    }
 }
 
 /// `--print-records N`: the load's records, one per line.

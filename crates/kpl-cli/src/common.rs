@@ -107,6 +107,10 @@ pub struct ProducerArgs {
     /// PutRecords calls in flight at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
     pub max_concurrent_requests: usize,
+    /// Serve the producer's metrics as Prometheus text on http://ADDR/metrics while running
+    /// (e.g. 127.0.0.1:9464; 0.0.0.0:9464 to let other hosts scrape).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ProducerArgs {

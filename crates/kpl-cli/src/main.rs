@@ -16,6 +16,7 @@ mod common;
 mod cpu;
 mod decode;
 mod dict;
+mod metrics_export;
 mod plot;
 mod progress;
 mod put;

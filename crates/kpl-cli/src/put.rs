@@ -185,6 +185,7 @@ const BATCH_BYTES: u64 = 4 << 20;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.producer.config()?;
+    crate::metrics_export::serve(args.producer.metrics_listen)?;
     // Signals are watched before anything else, so one during startup stops the run
     // instead of killing it.
     let stop = Stop::default();

@@ -1142,3 +1142,118 @@ async fn a_line_longer_than_any_record_is_skipped_reported_and_never_held() {
         assert!(stored.contains(&format!("p-{n}")), "p-{n}");
     }
 }
+
+/// One plain HTTP GET on loopback; the body.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// The value of the series `name{labels}` in Prometheus text.
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_serves_prometheus_metrics_while_it_runs() {
+    let sim = sim_with_stream("m", 2).await;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut put = PutChild::spawn(
+        "metrics",
+        sim.endpoint(),
+        "m",
+        &["--quiet", "--metrics-listen", &addr],
+    );
+    // Paced input: 100 lines now, stdin stays open, so the scrape happens mid-run.
+    let mut stdin = put.stdin.take().unwrap();
+    for n in 0..100 {
+        writeln!(stdin, "p-{n}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut text = String::new();
+    put.wait_until("a scrape showing the 100 records stored", || {
+        text = http_get(&addr, "/metrics").unwrap_or_default();
+        series(&text, r#"kpl_user_records_put{stream="m"}"#) == Some(100.0)
+    })
+    .await;
+    assert_eq!(
+        series(&text, r#"kpl_user_records_received{stream="m"}"#),
+        Some(100.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, r#"kpl_user_records_pending{stream="m"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(series(&text, r#"kpl_kinesis_records_put{stream="m"}"#).unwrap() >= 1.0);
+    assert!(series(&text, r#"kpl_put_records_calls{stream="m"}"#).unwrap() >= 1.0);
+    assert_eq!(
+        series(&text, r#"kpl_throttled_entries{stream="m"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    // Per-shard series: the Kinesis records of both shards add up to the stream's.
+    let shard_records: f64 = ["shardId-000000000000", "shardId-000000000001"]
+        .iter()
+        .filter_map(|s| {
+            series(
+                &text,
+                &format!(r#"kpl_shard_kinesis_records_put{{stream="m",shard="{s}"}}"#),
+            )
+        })
+        .sum();
+    assert_eq!(
+        Some(shard_records),
+        series(&text, r#"kpl_kinesis_records_put{stream="m"}"#),
+        "{text}"
+    );
+    assert!(text.contains("kpl_request_time_ms"), "{text}");
+    drop(stdin);
+    assert_eq!(put.exit_within(Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_cat_by_arn_round_trip_through_kinesis_local() {
+    let server = common::kinesis_local();
+    let api = common::sdk(&server.endpoint).await;
+    api.create_stream("by-arn", 2).await.unwrap();
+    // kinesis-local's default account and the SDK's region.
+    let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/by-arn";
+    let input = json_lines(300);
+    let ep = server.endpoint.as_str();
+    let out = kpl(
+        &["put", "--stream", arn, "--endpoint-url", ep, "--quiet"],
+        &input,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = kpl(
+        &[
+            "cat",
+            "--stream",
+            arn,
+            "--endpoint-url",
+            ep,
+            "--max-records",
+            "300",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(multiset(&out.stdout), multiset(&input));
+}

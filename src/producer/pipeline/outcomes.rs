@@ -106,7 +106,7 @@ impl Pipeline {
                         }
                         EntryOutcome::Retry { error, throttled } => {
                             if throttled {
-                                self.metrics.throttled(1);
+                                self.on_throttled_entry(&record.shard, now);
                                 if let Some(shard) = self.shards.get_mut(&record.shard) {
                                     shard.limiter.on_throttled(now);
                                 }
