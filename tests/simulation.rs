@@ -1887,7 +1887,6 @@ async fn a_stored_record_whose_answer_was_lost_is_not_reported_not_stored() {
 /// records 158 and 160 of the same key and stored after them. The `expire()` defect of
 /// [`strict_order_survives_a_partly_expired_aggregate`].
 #[test]
-#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
 fn seed_240_strict_order_after_a_partial_expiry() {
     assert_seed(240, &FOUND_WITH.into_iter().collect());
 }
@@ -1897,7 +1896,6 @@ fn seed_240_strict_order_after_a_partial_expiry() {
 /// aggregate behind record 149 of the same key. Default ordering is promised when no call
 /// fails; the same `expire()` defect.
 #[test]
-#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
 fn seed_1266_order_without_faults_after_a_partial_expiry() {
     assert_seed(1266, &FOUND_WITH.into_iter().collect());
 }
@@ -1962,7 +1960,6 @@ fn position(r: RecordResult) -> (String, u64) {
 /// `strict_ordering` promises never happens. Here r1 and r2 share an aggregate, r3 and r4 the
 /// next one; r1 expires while the shard is blocked, and r2 is stored after r3 and r4.
 #[tokio::test(start_paused = true)]
-#[ignore = "known defect: expire() queues a partly expired aggregate's survivors behind newer ones (pipeline.rs)"]
 async fn strict_order_survives_a_partly_expired_aggregate() {
     let start = Instant::now();
     let (_fake, producer, r0) =
@@ -2001,7 +1998,6 @@ async fn strict_order_survives_a_partly_expired_aggregate() {
 /// shard is free, it is alive until 3.2 s) but waits for the 5 s buffered time and expires
 /// with no attempt; the flush returns only then.
 #[tokio::test(start_paused = true)]
-#[ignore = "known defect: a flush leaves records re-aggregated by expire() waiting for the buffered time (pipeline.rs)"]
 async fn a_flush_sends_a_partly_expired_aggregates_survivors_at_once() {
     let start = Instant::now();
     let (_fake, producer, r0) =

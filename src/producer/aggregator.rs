@@ -349,6 +349,32 @@ impl Aggregator {
             }
             self.finish(key, out);
         }
+        let (open, key_index) = self.start(record, state, index, map);
+        if let Some(seen) = seen {
+            *seen = KeySeen {
+                aggregate: open.serial,
+                key_index,
+            };
+        }
+        if self.limits.max_count <= 1 {
+            out.push(self.seal(open));
+            return;
+        }
+        self.deadlines.insert((open.deadline, key));
+        self.open.insert(key, open);
+    }
+
+    /// A new aggregate holding `record` (predicted for shard `index` of `map`), and the index
+    /// of its partition key in the aggregate's key table.
+    fn start(
+        &mut self,
+        record: &UserRecord,
+        state: RecordState,
+        index: usize,
+        map: &ShardMap,
+    ) -> (Open, u32) {
+        let hash = state.hash_key;
+        let dedup = self.dedup_producer;
         let mut builder = self
             .spare
             .pop()
@@ -357,12 +383,6 @@ impl Aggregator {
             .expect("an empty aggregate accepts any record");
         let serial = self.next_serial;
         self.next_serial += 1;
-        if let Some(seen) = seen {
-            *seen = KeySeen {
-                aggregate: serial,
-                key_index,
-            };
-        }
         // The buffered time counts from when the record reached the pipeline: a record that
         // waited in a backlog goes into an aggregate that still gets time to fill, instead of
         // a stream of tiny ones (each costing a PutRecords entry) that deepen the backlog.
@@ -388,12 +408,55 @@ impl Aggregator {
             first_hash: hash,
             single_hash: true,
         };
-        if self.limits.max_count <= 1 {
-            out.push(self.seal(open));
-            return;
+        (open, key_index)
+    }
+
+    /// Aggregates `records` (in order, predicted by `map`) apart from the open aggregates and
+    /// finishes what it built at once, into `out`: for records that must keep their place in
+    /// their shard's queue (the survivors of a partly expired aggregate, records of an
+    /// aggregate the map no longer fits) instead of joining newer records in an open
+    /// aggregate. Each shard's (hash key's) records come out in the order they went in.
+    pub fn pack(
+        &mut self,
+        records: impl IntoIterator<Item = (UserRecord, RecordState)>,
+        map: &ShardMap,
+        grouping: Grouping,
+        out: &mut Vec<KinesisRecordOut>,
+    ) {
+        self.map_version = map.version();
+        let dedup = self.dedup_producer;
+        // Few at a time (one aggregate's worth, or a refresh's handful of shards).
+        let mut open: Vec<(Key, Open)> = Vec::new();
+        for (record, state) in records {
+            let index = map.index_of(state.hash_key);
+            let key = match grouping {
+                Grouping::ByShard => Key::Shard(index),
+                Grouping::ByHashKey => Key::Hash(state.hash_key.0),
+            };
+            if let Some(at) = open.iter().position(|(k, _)| *k == key) {
+                let current = &mut open[at].1;
+                if push_into(&mut current.builder, &record, &state, dedup, KeySlot::Look).is_ok() {
+                    current.single_hash &= current.first_hash == state.hash_key;
+                    current.records.push(state);
+                    if current.records.len() >= self.limits.max_count {
+                        let (_, full) = open.swap_remove(at);
+                        out.push(self.seal(full));
+                    }
+                    continue;
+                }
+                let (_, full) = open.swap_remove(at);
+                out.push(self.seal(full));
+            }
+            let (started, _) = self.start(&record, state, index, map);
+            if self.limits.max_count <= 1 {
+                out.push(self.seal(started));
+            } else {
+                open.push((key, started));
+            }
         }
-        self.deadlines.insert((deadline, key));
-        self.open.insert(key, open);
+        for (_, last) in open {
+            out.push(self.seal(last));
+        }
     }
 
     /// The producer id of the dedup ids it writes, if it writes them.

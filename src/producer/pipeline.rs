@@ -152,7 +152,6 @@ pub(crate) struct Pipeline {
     to_release: (usize, usize),
 
     finished: Vec<KinesisRecordOut>,
-    expired: Vec<KinesisRecordOut>,
     /// Batches with unresolved records, by slot; free slots are reused.
     batches: Vec<Option<OpenBatch>>,
     free_batches: Vec<u32>,
@@ -226,7 +225,6 @@ impl Pipeline {
             room,
             to_release: (0, 0),
             finished: Vec::new(),
-            expired: Vec::new(),
             batches: Vec::new(),
             free_batches: Vec::new(),
             misplaced: Vec::new(),
@@ -500,10 +498,6 @@ impl Pipeline {
         }
         self.finished = finished;
         self.pump(now);
-        let expired = std::mem::take(&mut self.expired);
-        for record in expired {
-            self.scatter(record, now);
-        }
         self.expire_misplaced(now);
         self.settle_flushes();
     }
@@ -604,18 +598,23 @@ impl Pipeline {
     }
 
     fn admit(&mut self, id: &Arc<str>, now: Instant) -> Admit {
-        let Some(shard) = self.shards.get_mut(id) else {
-            return Admit::Empty;
-        };
         let ttl = self.config.record_ttl;
         let strict = self.config.strict_ordering;
-        if strict && shard.busy {
-            return Admit::Blocked;
-        }
-        while let Some(front) = shard.queue.front() {
+        loop {
+            let Some(shard) = self.shards.get_mut(id) else {
+                return Admit::Empty;
+            };
+            if strict && shard.busy {
+                return Admit::Blocked;
+            }
+            let Some(front) = shard.queue.front() else {
+                return Admit::Empty;
+            };
             if outlived(front.oldest(), ttl, now) {
+                // Its survivors go back in its place, and are looked at next: they come
+                // before everything queued behind it. Each round ends: survivors are alive.
                 let record = shard.queue.pop_front().expect("front exists");
-                self.expired.push(record);
+                self.expire_queued(record, now);
                 continue;
             }
             let bytes = front.billed_bytes();
@@ -637,7 +636,6 @@ impl Pipeline {
                 return Admit::Blocked;
             }
         }
-        Admit::Empty
     }
 
     fn dispatch(&mut self, now: Instant) {

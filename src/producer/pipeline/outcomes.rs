@@ -158,25 +158,52 @@ impl Pipeline {
     /// current shard map?
     pub(super) fn requeue(&mut self, mut record: KinesisRecordOut, now: Instant) {
         self.release(&mut record);
+        let mut back = Vec::new();
         if outlived(record.oldest(), self.config.record_ttl, now) {
-            self.scatter(record, now);
-        } else if let Some(record) = self.recheck(record, now) {
-            // Strict ordering: a retried record goes before everything its shard queued after
-            // it (nothing of that shard was sent meanwhile: it was blocked).
-            let front = self.config.strict_ordering;
-            self.enqueue_at(record, now, front);
+            self.scatter([record], now, &mut back);
+        } else {
+            match self.recheck(record) {
+                Ok(record) => back.push(record),
+                Err(stale) => self.scatter([stale], now, &mut back),
+            }
+        }
+        // Strict ordering: a retried record goes before everything its shard queued after
+        // it (nothing of that shard was sent meanwhile: it was blocked).
+        let front = self.config.strict_ordering;
+        self.place(back, now, front);
+    }
+
+    /// A Kinesis record found expired at the front of its shard's queue: its expired user
+    /// records fail, the survivors go back where it was, before everything its shard queued
+    /// after it, so that they keep their place (and are sent in the same step).
+    pub(super) fn expire_queued(&mut self, expired: KinesisRecordOut, now: Instant) {
+        let mut back = Vec::new();
+        self.scatter([expired], now, &mut back);
+        self.place(back, now, true);
+    }
+
+    /// Queues `records` (in each shard's send order) on their shards: `front`, before
+    /// everything queued there (keeping their order among themselves), else after.
+    pub(super) fn place(&mut self, records: Vec<KinesisRecordOut>, now: Instant, front: bool) {
+        if front {
+            for record in records.into_iter().rev() {
+                self.enqueue_at(record, now, true);
+            }
+        } else {
+            for record in records {
+                self.enqueue_at(record, now, false);
+            }
         }
     }
 
-    /// Checks a Kinesis record built under an older shard map against the current one. Records
-    /// that still land correctly are kept (re-targeted); the rest go back to the aggregator.
+    /// Checks a Kinesis record built under an older shard map against the current one:
+    /// `Ok` (re-targeted) if it still lands correctly, else `Err` to be scattered.
     pub(super) fn recheck(
         &mut self,
         mut record: KinesisRecordOut,
-        now: Instant,
-    ) -> Option<KinesisRecordOut> {
+    ) -> Result<KinesisRecordOut, KinesisRecordOut> {
         if record.map_version == self.map.version() {
-            return Some(record);
+            return Ok(record);
         }
         let first = record
             .records
@@ -193,29 +220,48 @@ impl Pipeline {
         if keep {
             record.shard = owner.id.clone();
             record.map_version = self.map.version();
-            Some(record)
+            Ok(record)
         } else {
-            self.scatter(record, now);
-            None
+            Err(record)
         }
     }
 
-    /// Breaks a Kinesis record into its user records: those whose TTL is over fail `Expired`,
-    /// the rest are aggregated again under the current map.
-    pub(super) fn scatter(&mut self, record: KinesisRecordOut, now: Instant) {
+    /// Breaks Kinesis records (in send order) into their user records: those whose TTL is
+    /// over fail `Expired`, the rest are aggregated again under the current map, apart from
+    /// the open aggregates (which hold newer records), into finished Kinesis records in `out`,
+    /// for the caller to queue where the originals were. They are due as soon as the
+    /// originals were.
+    pub(super) fn scatter(
+        &mut self,
+        records: impl IntoIterator<Item = KinesisRecordOut>,
+        now: Instant,
+        out: &mut Vec<KinesisRecordOut>,
+    ) {
         let ttl = self.config.record_ttl;
-        let last_error = last_error(&record);
-        for (state, user) in self.unpack(record) {
-            if outlived(state.received, ttl, now) {
-                self.metrics.expired(1);
-                let reason = FailureReason::Expired {
-                    ttl,
-                    last_error: last_error.clone(),
-                };
-                self.fail_user(state, user, reason);
-            } else {
-                self.aggregator
-                    .push(&user, state, &self.map, self.grouping, &mut self.finished);
+        let mut survivors = Vec::new();
+        let mut due: Option<Instant> = None;
+        for record in records {
+            due = Some(due.map_or(record.deadline, |d| d.min(record.deadline)));
+            let last_error = last_error(&record);
+            for (state, user) in self.unpack(record) {
+                if outlived(state.received, ttl, now) {
+                    self.metrics.expired(1);
+                    let reason = FailureReason::Expired {
+                        ttl,
+                        last_error: last_error.clone(),
+                    };
+                    self.fail_user(state, user, reason);
+                } else {
+                    survivors.push((user, state));
+                }
+            }
+        }
+        let from = out.len();
+        self.aggregator
+            .pack(survivors, &self.map, self.grouping, out);
+        if let Some(due) = due {
+            for record in &mut out[from..] {
+                record.deadline = record.deadline.min(due);
             }
         }
     }

@@ -103,11 +103,21 @@ impl Pipeline {
             self.map.shards().iter().map(|s| &*s.id).collect();
         self.shards.retain(|id, _| open.contains(&**id));
         let now = Instant::now();
+        // In order: what no longer fits is aggregated again in its place, before the next
+        // record that still fits (a key's records keep their order across the refresh).
+        let mut requeued = Vec::with_capacity(queued.len());
+        let mut stale = Vec::new();
         for record in queued {
-            if let Some(record) = self.recheck(record, now) {
-                self.enqueue(record, now);
+            match self.recheck(record) {
+                Ok(record) => {
+                    self.scatter(stale.drain(..), now, &mut requeued);
+                    requeued.push(record);
+                }
+                Err(record) => stale.push(record),
             }
         }
+        self.scatter(stale, now, &mut requeued);
+        self.place(requeued, now, false);
         // Aggregates stored on an unexpected shard: delivered by the KCL if all their records
         // lie in that shard's range (e.g. a merge), else sent again (e.g. a split).
         for m in std::mem::take(&mut self.misplaced) {
@@ -131,7 +141,9 @@ impl Pipeline {
                 self.metrics.error(&error.code, 1);
                 attempt.error = Some(error);
                 record.attempts.push(attempt);
-                self.scatter(record, now);
+                let mut resent = Vec::new();
+                self.scatter([record], now, &mut resent);
+                self.place(resent, now, false);
             }
         }
     }

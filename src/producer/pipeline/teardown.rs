@@ -93,7 +93,6 @@ impl Pipeline {
         let mut held = Vec::new();
         self.aggregator.finish_all(&mut held);
         held.append(&mut self.finished);
-        held.append(&mut self.expired);
         for shard in self.shards.values_mut() {
             held.extend(shard.queue.drain(..));
         }
