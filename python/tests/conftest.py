@@ -117,7 +117,7 @@ def wait_ready(server: Server, name: str) -> None:
 
 
 def start_sim(*args: str) -> Server:
-    """`kpl sim --port 0 ARGS...`: it prints its endpoint on stdout's first line."""
+    """`kpl sim --port 0 ARGS...`: it prints its endpoint line on stdout once it is ready."""
     if not os.path.exists(KPL):
         pytest.fail(f"{KPL} is missing: run `cargo build -p kpl-cli` (scripts/test.sh does)")
     proc = subprocess.Popen(
@@ -128,13 +128,10 @@ def start_sim(*args: str) -> Server:
         text=True,
         start_new_session=True,
     )
-    endpoint = ""
-    deadline = time.time() + 30
-    while time.time() < deadline and proc.poll() is None:
-        line = proc.stdout.readline().strip()
-        if line.startswith("http://"):
-            endpoint = line
-            break
+    # One line once its streams exist: `kpl sim: listening on http://127.0.0.1:PORT streams=...`
+    # (readline returns "" if it exits first).
+    line = proc.stdout.readline().strip()
+    endpoint = next((word for word in line.split() if word.startswith("http://")), "")
     server = Server(proc, endpoint)
     if not endpoint:
         server.stop()
