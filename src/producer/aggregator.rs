@@ -291,7 +291,9 @@ impl Aggregator {
 
     /// Adds a record predicted by `map`; Kinesis records finished on the way go to `out`.
     /// The map must be the one every open aggregate was built with (finish them all first
-    /// when it changes).
+    /// when it changes). The pipeline routes through its key cache instead
+    /// ([`Aggregator::push_routed`]); the stage benches and unit tests use this.
+    #[cfg(any(test, feature = "bench-internals"))]
     pub fn push(
         &mut self,
         record: &UserRecord,
