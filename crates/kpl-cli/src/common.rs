@@ -31,29 +31,44 @@ pub struct ConnectArgs {
     /// parts without its per-call machinery; the other calls stay on the SDK).
     #[arg(long, value_name = "sdk|lean", default_value_t = ClientKind::default())]
     pub client: ClientKind,
+    /// Proxy for every call, http://[user:password@]host:port [default: HTTPS_PROXY /
+    /// HTTP_PROXY / ALL_PROXY, NO_PROXY]. Loopback endpoints bypass it.
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    pub proxy: Option<String>,
+    /// No proxy, whatever HTTPS_PROXY / HTTP_PROXY say.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// PEM CA certificates to trust besides the platform's roots (a TLS-inspecting proxy, a
+    /// private endpoint).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
-    /// An SDK client with `attempt_timeout` per call.
-    pub async fn sdk(&self, attempt_timeout: Duration) -> SdkKinesis {
-        SdkKinesis::connect(ConnectOptions {
-            endpoint_url: self.endpoint_url.clone(),
-            region: self.region.clone(),
-            attempt_timeout,
-            ..Default::default()
-        })
-        .await
-    }
-
-    /// The client `--client` names, as a `KinesisApi`.
-    pub async fn api(&self, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
-        kpl::client::connect(ConnectOptions {
+    fn options(&self, attempt_timeout: Duration) -> ConnectOptions {
+        ConnectOptions {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
             attempt_timeout,
             client: self.client,
-        })
-        .await
+            proxy: match (&self.proxy, self.no_proxy) {
+                (Some(url), _) => kpl::client::http::ProxySetting::Url(url.clone()),
+                (None, true) => kpl::client::http::ProxySetting::None,
+                (None, false) => kpl::client::http::ProxySetting::FromEnv,
+            },
+            proxy_loopback: false,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
+    /// An SDK client with `attempt_timeout` per call.
+    pub async fn sdk(&self, attempt_timeout: Duration) -> SdkKinesis {
+        SdkKinesis::connect(self.options(attempt_timeout)).await
+    }
+
+    /// The client `--client` names, as a `KinesisApi`.
+    pub async fn api(&self, attempt_timeout: Duration) -> Arc<dyn KinesisApi> {
+        kpl::client::connect(self.options(attempt_timeout)).await
     }
 }
 
