@@ -277,3 +277,53 @@ impl HttpConnector for Failing {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&[&str]) -> Option<String> {
+        move |names| {
+            names.iter().find_map(|n| {
+                vars.iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.to_string())
+            })
+        }
+    }
+
+    #[test]
+    fn the_environment_routes_each_scheme_and_metadata_always_bypasses() {
+        let env = fake(&[
+            ("https_proxy", "http://s:1"),
+            ("HTTP_PROXY", "http://h:2"),
+            ("NO_PROXY", ".internal"),
+            (
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                "http://[fd00:ec2::254]/",
+            ),
+        ]);
+        let routes = ProxyRoutes::resolve(&ProxySetting::FromEnv, false, &env);
+        assert_eq!(routes.https.as_deref(), Some("http://s:1"));
+        assert_eq!(routes.http.as_deref(), Some("http://h:2"));
+        for rule in [
+            "169.254.0.0/16",
+            "fd00:ec2::254",
+            "127.0.0.0/8",
+            "localhost",
+            ".internal",
+        ] {
+            assert!(
+                routes.no_proxy.split(',').any(|r| r == rule),
+                "{rule}: {routes:?}"
+            );
+        }
+        let routes = ProxyRoutes::resolve(&ProxySetting::None, true, &env);
+        assert_eq!((routes.http, routes.https), (None, None));
+        let routes = ProxyRoutes::resolve(&ProxySetting::Url("http://u:p@x:3".into()), true, &env);
+        assert!(
+            routes.no_proxy.starts_with(METADATA_HOSTS) && !routes.no_proxy.contains("localhost")
+        );
+        assert_eq!(redact("http://u:p@x:3"), "http://u:***@x:3");
+    }
+}
