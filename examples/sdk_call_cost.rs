@@ -118,6 +118,7 @@ fn main() -> Result<(), Error> {
                     region: None,
                     attempt_timeout: Some(Duration::from_secs(10)),
                     client: kind.parse::<ClientKind>()?,
+                    ..Default::default()
                 })
                 .await,
             ),

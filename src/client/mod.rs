@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::hash::HashRange;
 
+pub mod http;
 pub mod lean;
 pub mod memory;
 pub mod sdk;

@@ -16,7 +16,6 @@ use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
-use aws_smithy_http_client::tls;
 
 use crate::client::{
     ApiError, ApiErrorKind, BoxFuture, KinesisApi, ListShardsPage, PutRecordsEntry,
@@ -60,6 +59,15 @@ pub struct ConnectOptions {
     pub attempt_timeout: Option<Duration>,
     /// Which client [`crate::client::connect`] builds (`SdkKinesis::connect` is always the SDK).
     pub client: crate::client::ClientKind,
+    /// The proxy for every call, Kinesis and credential providers alike (the metadata
+    /// services always bypass it).
+    pub proxy: crate::client::http::ProxySetting,
+    /// Send loopback endpoints (`localhost`, 127.0.0.0/8, `::1`) through the proxy too; by
+    /// default they bypass it.
+    pub proxy_loopback: bool,
+    /// PEM CA certificates trusted besides the platform's roots (a TLS-inspecting proxy, a
+    /// private endpoint). `SSL_CERT_FILE` / `SSL_CERT_DIR` replace the platform's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectOptions {
@@ -93,13 +101,17 @@ pub struct SdkKinesis {
     credentials: CredentialsKind,
 }
 
-/// The HTTP client: hyper with rustls on ring (no aws-lc, no OpenSSL).
+/// The HTTP client: hyper with rustls on ring (no aws-lc, no OpenSSL), the environment's
+/// proxy (loopback bypasses it), the platform's roots.
 pub fn https_client() -> aws_sdk_kinesis::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
+    match crate::client::http::http_client(&Default::default(), false, None) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "ignoring the proxy environment variables");
+            crate::client::http::http_client(&crate::client::http::ProxySetting::None, false, None)
+                .expect("no proxy and no CA file cannot fail")
+        }
+    }
 }
 
 impl SdkKinesis {
@@ -160,9 +172,20 @@ impl SdkKinesis {
 
     /// The configuration [`SdkKinesis::connect`] builds its client from: aws-config's default
     /// chain overridden by `options`.
+    ///
+    /// An unusable proxy URL or CA file is logged and every call then fails with a
+    /// connection error naming it; check it first with [`crate::client::http::http_client`].
     pub async fn load_sdk_config(options: ConnectOptions) -> SdkConfig {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
+        let http = crate::client::http::http_client(
+            &options.proxy,
+            options.proxy_loopback,
+            options.ca_file.as_deref(),
+        )
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "the HTTP client cannot be built");
+            crate::client::http::failing_client(error)
+        });
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
         // Wherever the endpoint comes from (the options or the environment), it decides.
         let endpoint = options.endpoint();
         let local = endpoint.as_deref().is_some_and(is_loopback);

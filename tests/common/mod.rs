@@ -151,6 +151,7 @@ pub async fn api(endpoint: &str, attempt_timeout: Duration) -> Arc<dyn KinesisAp
         region: Some("us-east-1".into()),
         attempt_timeout: Some(attempt_timeout),
         client: client_kind(),
+        ..Default::default()
     })
     .await
 }

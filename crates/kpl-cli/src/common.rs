@@ -31,6 +31,17 @@ pub struct ConnectArgs {
     /// parts without its per-call machinery; the other calls stay on the SDK).
     #[arg(long, value_name = "sdk|lean", default_value_t = ClientKind::default())]
     pub client: ClientKind,
+    /// Proxy for every call, http://[user:password@]host:port [default: HTTPS_PROXY /
+    /// HTTP_PROXY / ALL_PROXY, NO_PROXY]. Loopback endpoints bypass it.
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    pub proxy: Option<String>,
+    /// No proxy, whatever HTTPS_PROXY / HTTP_PROXY say.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// PEM CA certificates to trust besides the platform's roots (a TLS-inspecting proxy, a
+    /// private endpoint).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -42,6 +53,13 @@ impl ConnectArgs {
             region: self.region.clone(),
             attempt_timeout: Some(attempt_timeout),
             client: self.client,
+            proxy: match (&self.proxy, self.no_proxy) {
+                (Some(url), _) => kpl::client::http::ProxySetting::Url(url.clone()),
+                (None, true) => kpl::client::http::ProxySetting::None,
+                (None, false) => kpl::client::http::ProxySetting::FromEnv,
+            },
+            proxy_loopback: false,
+            ca_file: self.ca_file.clone(),
         }
     }
 
