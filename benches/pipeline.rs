@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use kpl::UserRecord;
 use kpl::client::KinesisApi;
 use kpl::client::memory::MemoryKinesis;
@@ -92,26 +92,36 @@ fn run(rt: &tokio::runtime::Runtime, config: &ProducerConfig, iters: u64, mode: 
     })
 }
 
-fn pipeline(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+const MODES: [(&str, Mode); 4] = [
+    ("aggregated", Mode::Send),
+    ("aggregated_receipts_awaited", Mode::SendAwait),
+    ("aggregated_batches_of_1000", Mode::Batch(1000)),
+    ("aggregated_batches_of_1000_awaited", Mode::BatchAwait(1000)),
+];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
-    let base = ProducerConfig {
+        .unwrap()
+}
+
+fn base_config() -> ProducerConfig {
+    ProducerConfig {
         // The fake enforces no shard limits: keep the limiter out of a CPU measurement.
         rate_limit_enabled: false,
         ..Default::default()
-    };
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    let rt = runtime();
+    let base = base_config();
     let mut group = c.benchmark_group("pipeline_one_core_100B_1000keys_64shards");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
-    for (name, mode) in [
-        ("aggregated", Mode::Send),
-        ("aggregated_receipts_awaited", Mode::SendAwait),
-        ("aggregated_batches_of_1000", Mode::Batch(1000)),
-        ("aggregated_batches_of_1000_awaited", Mode::BatchAwait(1000)),
-    ] {
+    for (name, mode) in MODES {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| run(&rt, &base, iters, mode))
         });
@@ -127,4 +137,22 @@ fn pipeline(c: &mut Criterion) {
 }
 
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+/// `P1_ONCE=<row, e.g. aggregated> P1_ITERS=<n>`: runs that row's loop n times (200 000
+/// records each) without criterion, for instruction counts under
+/// `valgrind --tool=callgrind` (the difference of two `P1_ITERS` is the cost of 200 000
+/// records, building them included).
+fn main() {
+    if let Ok(name) = std::env::var("P1_ONCE") {
+        let (_, mode) = MODES
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("P1_ONCE names a row");
+        let iters = std::env::var("P1_ITERS").map_or(1, |n| n.parse().expect("P1_ITERS: a number"));
+        let took = run(&runtime(), &base_config(), iters, mode);
+        println!("{name}: {iters} x {RECORDS} records in {took:?}");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -338,23 +338,40 @@ impl Producer {
             return Err(SendError { reason, record });
         }
         let needed = self.bytes_needed(&record);
-        let room = &self.shared.room;
-        match (
-            room.records.acquire().await,
-            room.bytes.acquire_many(needed).await,
-        ) {
-            (Ok(r), Ok(b)) => {
-                // The pipeline gives the room back when the record resolves.
-                r.forget();
-                b.forget();
+        // One unit of the task's cooperative budget, as a wait on the semaphores would take: a
+        // loop of sends that never has to wait still lets the runtime's other tasks (the
+        // pipeline's, on a current-thread runtime) run now and then. Taken before any room, so
+        // a send cancelled here holds none.
+        tokio::task::coop::consume_budget().await;
+        match self.take_room(needed) {
+            Ok(()) => {}
+            // No room now: wait for it, in the semaphores' queues (first come, first served).
+            Err(TryAcquireError::NoPermits) => {
+                let room = &self.shared.room;
+                match (
+                    room.records.acquire().await,
+                    room.bytes.acquire_many(needed).await,
+                ) {
+                    (Ok(r), Ok(b)) => {
+                        // The pipeline gives the room back when the record resolves.
+                        r.forget();
+                        b.forget();
+                    }
+                    _ => {
+                        return Err(SendError {
+                            reason: self.closed_reason(),
+                            record,
+                        });
+                    }
+                }
             }
-            _ => {
+            Err(TryAcquireError::Closed) => {
                 return Err(SendError {
                     reason: self.closed_reason(),
                     record,
                 });
             }
-        };
+        }
         self.enqueue(record, needed)
     }
 
@@ -365,33 +382,27 @@ impl Producer {
             return Err(SendError { reason, record });
         }
         let needed = self.bytes_needed(&record);
-        let to_reason = |e: TryAcquireError| match e {
-            TryAcquireError::Closed => self.closed_reason(),
-            TryAcquireError::NoPermits => SendErrorReason::Full,
-        };
-        let room = &self.shared.room;
-        let records = match room.records.try_acquire() {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(SendError {
-                    reason: to_reason(e),
-                    record,
-                });
-            }
-        };
-        match room.bytes.try_acquire_many(needed) {
-            Ok(bytes) => {
-                records.forget();
-                bytes.forget();
-            }
-            Err(e) => {
-                return Err(SendError {
-                    reason: to_reason(e),
-                    record,
-                });
-            }
-        };
+        if let Err(e) = self.take_room(needed) {
+            let reason = match e {
+                TryAcquireError::Closed => self.closed_reason(),
+                TryAcquireError::NoPermits => SendErrorReason::Full,
+            };
+            return Err(SendError { reason, record });
+        }
         self.enqueue(record, needed)
+    }
+
+    /// Takes one record's and `bytes` bytes' buffer room if both are free now (the pipeline
+    /// gives them back when the record resolves); takes none otherwise. Permits that waiting
+    /// sends are queued for are theirs: this never overtakes them.
+    fn take_room(&self, bytes: u32) -> Result<(), TryAcquireError> {
+        let room = &self.shared.room;
+        let records = room.records.try_acquire()?;
+        // On failure the record's permit goes back as it drops.
+        let bytes = room.bytes.try_acquire_many(bytes)?;
+        records.forget();
+        bytes.forget();
+        Ok(())
     }
 
     /// Queues every record of `records` at once, waiting for buffer room for all of them; the
