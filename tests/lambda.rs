@@ -142,7 +142,7 @@ fn an_event_yields_its_user_records_once_each() {
         .iter()
         .map(|r| {
             (
-                r.record.partition_key.clone(),
+                r.record.partition_key.to_string(),
                 r.record.data.to_vec(),
                 r.record.compressed,
             )
