@@ -37,6 +37,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+pub mod firehose;
+
 /// The event types, re-exported so a function needs no version match of its own.
 pub use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 
