@@ -58,9 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     // One user record at a time: an aggregate of millions of records is never held whole.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut keys = KeyCache::default();
     let written = records
         .into_iter()
-        .try_for_each(|r| write_line(&mut out, &r))
+        .try_for_each(|r| write_line(&mut out, &r, &mut keys))
         .and_then(|()| out.flush());
     match written {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
@@ -68,9 +69,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The JSON of the last partition key written: user records of an aggregate mostly repeat
+/// their neighbour's key, which is then escaped once, not once per record.
+#[derive(Default)]
+struct KeyCache {
+    key: String,
+    json: Vec<u8>,
+}
+
+impl KeyCache {
+    fn json(&mut self, key: &str) -> &[u8] {
+        if self.json.is_empty() || self.key != key {
+            self.key = key.to_owned();
+            self.json = serde_json::to_vec(key).expect("a string serializes");
+        }
+        &self.json
+    }
+}
+
 /// One user record as a JSON object, keys in sorted order (as `serde_json::json!` wrote them),
 /// written without building a JSON value per record.
-fn write_line(out: &mut impl Write, r: &DeaggregatedRecord) -> std::io::Result<()> {
+fn write_line(
+    out: &mut impl Write,
+    r: &DeaggregatedRecord,
+    keys: &mut KeyCache,
+) -> std::io::Result<()> {
     let kind = match r.kind {
         RecordKind::Plain => "plain",
         RecordKind::Aggregated => "aggregated",
@@ -86,7 +109,7 @@ fn write_line(out: &mut impl Write, r: &DeaggregatedRecord) -> std::io::Result<(
         ",\"hash_key\":\"{}\",\"kind\":\"{kind}\",\"partition_key\":",
         r.hash_key
     )?;
-    serde_json::to_writer(&mut *out, r.partition_key.as_str())?;
+    out.write_all(keys.json(&r.partition_key))?;
     write!(
         out,
         ",\"sub_sequence_number\":{},\"tags\":",
