@@ -118,19 +118,29 @@ impl Deduper {
 
     /// `true` the first time `id` is seen within the window, `false` for a repeat.
     pub fn first_time(&mut self, id: DedupId) -> bool {
-        let now = Instant::now();
-        if let Some(max_age) = self.max_age {
-            while let Some(&(old, at)) = self.order.front() {
-                if now.duration_since(at) <= max_age {
-                    break;
-                }
-                self.order.pop_front();
-                self.seen.remove(&old);
-            }
-        }
-        if !self.seen.insert(id) {
+        if self.seen(id) {
             self.duplicates += 1;
             return false;
+        }
+        self.remember(id);
+        true
+    }
+
+    /// Whether `id` is in the window, without remembering it (a reader that confirms records
+    /// only once they are handled asks this while reading, then [`remember`](Self::remember)s
+    /// the ids of the records it confirms).
+    pub fn seen(&mut self, id: DedupId) -> bool {
+        self.forget_old(Instant::now());
+        self.seen.contains(&id)
+    }
+
+    /// Adds `id` to the window (the oldest id goes if it is full); an id already there
+    /// stays where it is.
+    pub fn remember(&mut self, id: DedupId) {
+        let now = Instant::now();
+        self.forget_old(now);
+        if !self.seen.insert(id) {
+            return;
         }
         self.order.push_back((id, now));
         if self.order.len() > self.max_ids
@@ -138,7 +148,22 @@ impl Deduper {
         {
             self.seen.remove(&old);
         }
-        true
+    }
+
+    /// Counts `n` repeats dropped by a reader that asked [`seen`](Self::seen).
+    pub fn count_duplicates(&mut self, n: u64) {
+        self.duplicates += n;
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        let Some(max_age) = self.max_age else { return };
+        while let Some(&(old, at)) = self.order.front() {
+            if now.duration_since(at) <= max_age {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
     }
 
     /// Whether to keep `record`: it has no id, or its id was not seen yet.

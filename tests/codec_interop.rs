@@ -181,8 +181,8 @@ fn kpl_reads_what_aws_kinesis_agg_writes() {
         assert_eq!(u.partition_key, r.partition_key);
         assert_eq!(u.data, r.data);
         assert_eq!(
-            u.explicit_hash_key,
-            r.explicit_hash_key.map(|h| h.to_string())
+            u.explicit_hash_key.as_deref(),
+            r.explicit_hash_key.map(|h| h.to_string()).as_deref()
         );
         assert_eq!(u.hash_key, r.hash_key());
     }

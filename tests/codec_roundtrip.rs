@@ -87,7 +87,7 @@ proptest! {
                 prop_assert_eq!(u.hash_key, r.hash_key());
                 if group.len() > 1 {
                     prop_assert_eq!(u.kind, RecordKind::Aggregated);
-                    prop_assert_eq!(&u.explicit_hash_key, &r.explicit_hash_key.map(|h| h.to_string()));
+                    prop_assert_eq!(u.explicit_hash_key.as_ref().map(|k| k.to_string()), r.explicit_hash_key.map(|h| h.to_string()));
                 }
             }
             // The aggregate routes by its first record's hash key.

@@ -119,7 +119,7 @@ async fn dedup_ids_remove_the_duplicates_of_lost_responses() {
         let mut kept: Vec<_> = read
             .iter()
             .filter(|(_, u)| deduper.keep(u))
-            .map(|(_, u)| (u.partition_key.clone(), u.data.clone()))
+            .map(|(_, u)| (u.partition_key.to_string(), u.data.clone()))
             .collect();
         let mut sent: Vec<_> = records
             .iter()
@@ -168,7 +168,7 @@ fn inversions(read: &[(String, DeaggregatedRecord)]) -> usize {
     for (_, u) in read {
         let text = std::str::from_utf8(&u.data).unwrap();
         let counter: u64 = text.split(':').nth(1).unwrap().parse().unwrap();
-        if let Some(prev) = last.insert(u.partition_key.clone(), counter)
+        if let Some(prev) = last.insert(u.partition_key.to_string(), counter)
             && counter < prev
         {
             out += 1;

@@ -1,7 +1,8 @@
 //! The Lambda helper on events as Lambda delivers them (JSON, base64 data, `eventID` with the
 //! shard id): aggregated, compressed (with a dictionary) and plain records; a repeated
-//! aggregate (a producer retry) deduplicated; an aggregate outside its shard's range dropped
-//! and reported as the KCL would; an undecodable frame reported.
+//! aggregate (a producer retry) deduplicated; an aggregate outside its shard's range skipped
+//! and counted as the KCL would; an undecodable frame reported. Read, handle, commit: a batch
+//! whose handler failed is read again in full when Lambda retries it (issue 16, item 11).
 #![cfg(feature = "lambda")]
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use kpl::codec::aggregate::{AggregateBuilder, AggregateLimits};
 use kpl::codec::deaggregate::{Deaggregator, DecodeError};
 use kpl::codec::frame::{Compressor, Dictionary};
 use kpl::dedup::{DEDUP_TAG_KEY, DedupId, Deduper};
-use kpl::lambda::{KinesisEvent, LambdaProblem, LambdaReader};
+use kpl::lambda::{KinesisEvent, LambdaProblem, LambdaReader, LambdaUserRecord};
 use kpl::{HashKey, HashRange, UserRecord};
 
 const SHARD_LOW: &str = "shardId-000000000000";
@@ -135,14 +136,17 @@ fn an_event_yields_its_user_records_once_each() {
         .with_deaggregator(Deaggregator::new().with_dictionary(&dictionary))
         .with_deduper(Deduper::new(1000))
         .with_shard_ranges(ranges());
-    let batch = reader.read(&ev);
+    let mut batch = reader.read(&ev);
+    let records: Vec<LambdaUserRecord> = batch.by_ref().collect();
+    let counts = batch.counts();
+    let problems = batch.problems().to_vec();
+    batch.commit();
 
-    let got: Vec<(String, Vec<u8>, bool)> = batch
-        .records
+    let got: Vec<(String, Vec<u8>, bool)> = records
         .iter()
         .map(|r| {
             (
-                r.record.partition_key.clone(),
+                r.record.partition_key.to_string(),
                 r.record.data.to_vec(),
                 r.record.compressed,
             )
@@ -159,42 +163,185 @@ fn an_event_yields_its_user_records_once_each() {
     );
     expected.push((plain_key.clone(), b"plain, no id".to_vec(), false));
     assert_eq!(got, expected);
-    assert_eq!(batch.duplicates, low.len() as u64, "the repeated aggregate");
-    assert_eq!(batch.records[0].shard_id, SHARD_LOW);
-    assert_eq!(batch.records[5].shard_id, SHARD_HIGH);
-    assert_eq!(batch.unchecked, 0);
-
-    assert_eq!(batch.problems.len(), 2, "{:?}", batch.problems);
     assert_eq!(
-        batch.problems[0].problem,
+        counts.duplicates,
+        low.len() as u64,
+        "the repeated aggregate"
+    );
+    assert_eq!(counts.records, expected.len() as u64);
+    assert_eq!(records[0].shard_id, SHARD_LOW);
+    assert_eq!(records[5].shard_id, SHARD_HIGH);
+    assert_eq!(counts.unchecked, 0);
+    assert_eq!((counts.outside_range, counts.undecodable), (1, 1));
+
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        problems[0].problem,
         LambdaProblem::OutsideShardRange {
             outside: 1,
             total: 2
         }
     );
-    assert_eq!(batch.problems[0].sequence_number, format!("4959{:052}", 3));
+    assert_eq!(problems[0].sequence_number, format!("4959{:052}", 3));
     assert!(matches!(
-        batch.problems[1].problem,
+        problems[1].problem,
         LambdaProblem::Undecodable(DecodeError::Corrupt(_))
     ));
 
     // The deduper spans invocations: the same event again gives only the plain record.
-    let again = reader.read(&ev);
-    assert_eq!(again.records.len(), 1);
-    assert_eq!(again.records[0].record.data, &b"plain, no id"[..]);
+    let again: Vec<_> = reader.read(&ev).collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].record.data, &b"plain, no id"[..]);
 
     // Without the dictionary, the compressed record is reported, not dropped silently.
     let mut bare = LambdaReader::new();
-    let batch = bare.read(&ev);
-    assert!(batch.problems.iter().any(|p| matches!(
+    let mut batch = bare.read(&ev);
+    let records: Vec<_> = batch.by_ref().collect();
+    assert!(batch.problems().iter().any(|p| matches!(
         p.problem,
         LambdaProblem::Undecodable(DecodeError::UnknownDictionary(id)) if id == dictionary.id()
     )));
     // And without ranges, nothing is range-checked: the mixed aggregate passes.
     assert!(
-        batch
-            .records
+        records
             .iter()
             .any(|r| r.sequence_number == format!("4959{:052}", 3))
     );
+}
+
+/// Three aggregates of the low shard, with dedup ids, as one event.
+fn three_aggregates() -> (KinesisEvent, Vec<Vec<UserRecord>>) {
+    let all: Vec<UserRecord> = keys(true, 9)
+        .into_iter()
+        .map(|k| UserRecord::new(k.clone(), format!("data of {k}")))
+        .collect();
+    let groups: Vec<Vec<UserRecord>> = all.chunks(3).map(<[UserRecord]>::to_vec).collect();
+    let aggs: Vec<(String, Vec<u8>)> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| aggregate(g, 3 * i as u64))
+        .collect();
+    let ev = event(
+        &aggs
+            .iter()
+            .map(|(k, d)| (SHARD_LOW, k.as_str(), d.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+    (ev, groups)
+}
+
+fn data_of(records: &[LambdaUserRecord]) -> Vec<Vec<u8>> {
+    records.iter().map(|r| r.record.data.to_vec()).collect()
+}
+
+fn data_in(groups: &[Vec<UserRecord>]) -> Vec<Vec<u8>> {
+    groups.iter().flatten().map(|r| r.data.to_vec()).collect()
+}
+
+#[test]
+fn a_batch_whose_handler_failed_is_read_again_in_full_on_retry() {
+    let (ev, groups) = three_aggregates();
+    let mut reader = LambdaReader::new().with_deduper(Deduper::new(1000));
+    // The handler fails: the batch is dropped uncommitted and Lambda retries it.
+    let first: Vec<_> = reader.read(&ev).collect();
+    assert_eq!(data_of(&first), data_in(&groups));
+    let mut retry = reader.read(&ev);
+    let again: Vec<_> = retry.by_ref().collect();
+    assert_eq!(
+        data_of(&again),
+        data_in(&groups),
+        "the retried batch is handled again (it was dropped as duplicates)"
+    );
+    assert_eq!(retry.counts().duplicates, 0);
+    // This time the handler succeeds: a later copy (a producer retry) is a duplicate.
+    let counts = retry.commit();
+    assert_eq!(counts.records, 9);
+    let mut copy = reader.read(&ev);
+    assert_eq!(copy.by_ref().count(), 0);
+    assert_eq!(copy.counts().duplicates, 9);
+}
+
+#[test]
+fn a_partial_batch_failure_confirms_only_the_records_before_it() {
+    let (ev, groups) = three_aggregates();
+    let mut reader = LambdaReader::new().with_deduper(Deduper::new(1000));
+    let mut batch = reader.read(&ev);
+    // The handler handles the first Kinesis record, then fails on the second.
+    let mut failed_at = None;
+    for r in batch.by_ref() {
+        if r.sequence_number != ev.records[0].kinesis.sequence_number {
+            failed_at = Some(r.sequence_number.to_string());
+            break;
+        }
+    }
+    let failed_at = failed_at.unwrap();
+    batch.commit_before(&failed_at);
+    // Lambda resends from the failed record on: all of it is read again.
+    let mut resent = ev.clone();
+    resent.records.remove(0);
+    let again: Vec<_> = reader.read(&resent).collect();
+    assert_eq!(data_of(&again), data_in(&groups[1..]));
+    // The confirmed first record, if it came again, is a duplicate.
+    let mut whole = reader.read(&ev);
+    let whole_again: Vec<_> = whole.by_ref().collect();
+    assert_eq!(data_of(&whole_again), data_in(&groups[1..]));
+    assert_eq!(whole.counts().duplicates, 3);
+}
+
+#[test]
+fn a_record_outside_its_shard_after_a_split_is_skipped_and_counted_not_failed() {
+    // After a split of the low shard, an aggregate built for the parent's range landed on
+    // the child that holds only the lower quarter: the producer resends its records.
+    let parent_keys = keys(true, 40);
+    let records: Vec<UserRecord> = parent_keys
+        .iter()
+        .map(|k| UserRecord::new(k.clone(), "x"))
+        .collect();
+    let (key, stale) = aggregate(&records, 0);
+    let child = "shardId-000000000002";
+    let quarter = MIDDLE / 2;
+    let in_child: Vec<UserRecord> = records
+        .iter()
+        .filter(|r| r.hash_key().0 < quarter)
+        .cloned()
+        .collect();
+    let (child_key, resent) = aggregate(&in_child, 0);
+    let ev = event(&[(child, &key, &stale), (child, &child_key, &resent)]);
+    let mut ranges = ranges();
+    ranges.insert(
+        child.to_owned(),
+        HashRange {
+            start: HashKey(0),
+            end: HashKey(quarter - 1),
+        },
+    );
+    let mut reader = LambdaReader::new()
+        .with_deduper(Deduper::new(1000))
+        .with_shard_ranges(ranges);
+    let mut batch = reader.read(&ev);
+    let got: Vec<_> = batch.by_ref().collect();
+    assert_eq!(got.len(), in_child.len(), "the resent copy is read");
+    let counts = batch.counts();
+    assert_eq!(
+        (counts.outside_range, counts.records),
+        (1, in_child.len() as u64)
+    );
+    assert!(matches!(
+        batch.problems()[0].problem,
+        LambdaProblem::OutsideShardRange { .. }
+    ));
+    batch.commit();
+}
+
+#[path = "common/bomb.rs"]
+mod bomb;
+
+#[test]
+fn a_hostile_aggregate_streams_through_the_lambda_reader() {
+    let record = bomb::bomb();
+    let ev = event(&[(SHARD_LOW, "k", &record)]);
+    let mut reader = LambdaReader::new().with_deduper(Deduper::new(10));
+    let mut batch = reader.read(&ev);
+    assert_eq!(batch.by_ref().count(), bomb::bomb_records());
+    assert_eq!(batch.commit().records, bomb::bomb_records() as u64);
 }

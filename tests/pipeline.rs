@@ -61,7 +61,7 @@ fn user_records(stored: &[StoredRecord]) -> Vec<(String, String, u64, String, By
                 s.shard_id.clone(),
                 s.sequence_number.clone(),
                 u.sub_sequence_number,
-                u.partition_key,
+                u.partition_key.into(),
                 u.data,
             ));
         }

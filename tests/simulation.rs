@@ -1329,7 +1329,7 @@ fn check_store(
                     stored.sequence_number.clone(),
                     u.sub_sequence_number,
                 ),
-                (u.partition_key.clone(), u.data.clone()),
+                (u.partition_key.to_string(), u.data.clone()),
             );
             let dedup = u.dedup_id();
             if config.dedup_ids && dedup.is_none() {

@@ -25,9 +25,9 @@ pub fn deaggregate(
         .into_iter()
         .map(|r| {
             let value = class.call1((
-                r.partition_key,
+                r.partition_key.as_str(),
                 PyBytes::new(py, &r.data),
-                r.explicit_hash_key,
+                r.explicit_hash_key.as_deref(),
             ))?;
             Ok(value.unbind())
         })

@@ -1,23 +1,36 @@
 //! The consumer side: one Kinesis record in, its user records out, whether the record is
 //! plain, a KPL aggregate, or a compressed frame (of either).
 //!
-//! Untrusted bytes never drive an allocation: protobuf lengths are checked against the input by
-//! prost, and a compressed frame declares its size, which must be within
+//! ```text
+//! Kinesis record ─► frame? decompress (declared size <= max_decompressed_bytes, 16 MiB)
+//!   ─► KPL magic + MD5? check the whole protobuf, index its key tables (codec::index)
+//!   ─► UserRecords: one DeaggregatedRecord at a time, keys shared with the tables
+//! ```
+//!
+//! Untrusted bytes never drive an allocation: protobuf lengths are checked against the input,
+//! and a compressed frame declares its size, which must be within
 //! [`Deaggregator::max_decompressed_bytes`] (16 MiB by default) before anything is allocated.
+//! What a reader holds is bounded by the record, not by how many user records it declares:
+//! [`Deaggregator::user_records`] walks the aggregate's protobuf one user record at a time
+//! (a 1.5 KB record can hold 2.8 M user records), every user record's keys share one copy of
+//! the aggregate's table entry ([`SharedStr`]), and each entry is hashed once.
 //!
 //! Like the KCL, a record that starts with the KPL magic but whose MD5 or protobuf does not
 //! check out is passed through as plain data in the default mode; [`Deaggregator::strict`]
 //! makes it an error instead.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use prost::Message;
 
 use crate::codec::aggregate::{DIGEST_LEN, FRAMING_LEN, KPL_MAGIC};
 use crate::codec::frame::{Dictionary, FrameHeader, HEADER_LEN};
-use crate::codec::proto::AggregatedRecord;
+use crate::codec::index::AggregateIndex;
+use crate::codec::wire::{self, Tags};
 use crate::hash::{HashKey, HashRange};
 
 /// Default cap on a compressed record's decompressed size.
@@ -32,13 +45,147 @@ pub enum RecordKind {
     Aggregated,
 }
 
+/// A string shared with the aggregate it was read from: the user records of an aggregate
+/// point at one copy of each key table entry instead of each holding its own. Cloning it
+/// costs a reference count; it reads as a `&str` (`Deref`, `as_str`, `==` with `str` and
+/// `String`).
+#[derive(Clone)]
+pub struct SharedStr {
+    text: Arc<str>,
+    start: usize,
+    end: usize,
+}
+
+impl SharedStr {
+    /// `range` of `text` (on character boundaries).
+    pub(crate) fn shared(text: &Arc<str>, range: Range<usize>) -> SharedStr {
+        debug_assert!(text.get(range.clone()).is_some());
+        SharedStr {
+            text: text.clone(),
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text[self.start..self.end]
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Default for SharedStr {
+    fn default() -> Self {
+        SharedStr::from("")
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        SharedStr {
+            text: Arc::from(s),
+            start: 0,
+            end: s.len(),
+        }
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        let end = s.len();
+        SharedStr {
+            text: Arc::from(s),
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> Self {
+        s.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl std::hash::Hash for SharedStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for SharedStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SharedStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+macro_rules! eq_with {
+    ($($t:ty),*) => {$(
+        impl PartialEq<$t> for SharedStr {
+            fn eq(&self, other: &$t) -> bool {
+                self.as_str() == AsRef::<str>::as_ref(other)
+            }
+        }
+        impl PartialEq<SharedStr> for $t {
+            fn eq(&self, other: &SharedStr) -> bool {
+                AsRef::<str>::as_ref(self) == other.as_str()
+            }
+        }
+    )*};
+}
+eq_with!(str, &str, String);
+
 /// One user record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeaggregatedRecord {
-    /// Its partition key.
-    pub partition_key: String,
+    /// Its partition key (shared with the aggregate's key table).
+    pub partition_key: SharedStr,
     /// Its explicit hash key, if it had one.
-    pub explicit_hash_key: Option<String>,
+    pub explicit_hash_key: Option<SharedStr>,
     /// The hash key that routes it: the explicit one, else MD5 of the partition key.
     pub hash_key: HashKey,
     /// Its data.
@@ -118,6 +265,10 @@ pub enum DecodeError {
 /// use kpl::codec::deaggregate::Deaggregator;
 /// let records = Deaggregator::new().deaggregate(b"plain data", "key", None).unwrap();
 /// assert_eq!(records[0].data, &b"plain data"[..]);
+/// // Or one at a time, holding only the Kinesis record:
+/// let mut records = Deaggregator::new().user_records(b"plain data", "key", None).unwrap();
+/// assert_eq!(records.len(), 1);
+/// assert_eq!(records.next().unwrap().partition_key, "key");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Deaggregator {
@@ -186,17 +337,35 @@ impl Deaggregator {
     }
 
     /// The user records in one Kinesis record with `partition_key` and, if it was put with
-    /// one, `explicit_hash_key` (GetRecords does not return it: pass `None`).
+    /// one, `explicit_hash_key` (GetRecords does not return it: pass `None`), all at once.
+    ///
+    /// Every user record is built: for records from untrusted writers, prefer
+    /// [`user_records`](Self::user_records), which holds only the Kinesis record.
     pub fn deaggregate(
         &self,
         data: &[u8],
         partition_key: &str,
         explicit_hash_key: Option<&str>,
     ) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
+        Ok(self
+            .user_records(data, partition_key, explicit_hash_key)?
+            .collect())
+    }
+
+    /// The user records in one Kinesis record, read one at a time: the whole record is
+    /// checked first (so every error is returned here, before any user record), then each
+    /// user record is built only when the iterator is asked for it.
+    pub fn user_records(
+        &self,
+        data: &[u8],
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+    ) -> Result<UserRecords, DecodeError> {
         if let Some(header) = FrameHeader::parse(data) {
             let payload = self.decompress(header, &data[HEADER_LEN..])?;
             let mut records = self.read_payload(payload, partition_key, explicit_hash_key)?;
-            for r in &mut records {
+            records.compressed = true;
+            if let Inner::Plain(Some(r)) = &mut records.inner {
                 r.compressed = true;
             }
             return Ok(records);
@@ -245,10 +414,20 @@ impl Deaggregator {
         data: Bytes,
         partition_key: &str,
         explicit_hash_key: Option<&str>,
-    ) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
+    ) -> Result<UserRecords, DecodeError> {
         if data.len() >= KPL_MAGIC.len() && data[..KPL_MAGIC.len()] == KPL_MAGIC {
-            match self.read_aggregate(&data) {
-                Ok(records) => return Ok(records),
+            match read_aggregate(&data) {
+                Ok(index) => {
+                    return Ok(UserRecords {
+                        remaining: index.len(),
+                        inner: Inner::Aggregate {
+                            index: Arc::new(index),
+                            pos: 0,
+                            next: 0,
+                        },
+                        compressed: false,
+                    });
+                }
                 Err(e @ (DecodeError::BadDigest | DecodeError::BadProtobuf(_))) if self.strict => {
                     return Err(e);
                 }
@@ -257,70 +436,156 @@ impl Deaggregator {
             }
         }
         let hash_key = routing_hash(partition_key, explicit_hash_key)?;
-        Ok(vec![DeaggregatedRecord {
-            partition_key: partition_key.to_owned(),
-            explicit_hash_key: explicit_hash_key.map(str::to_owned),
-            hash_key,
-            data,
-            sub_sequence_number: 0,
-            tags: Vec::new(),
-            kind: RecordKind::Plain,
-            compressed: false,
-        }])
-    }
-
-    fn read_aggregate(&self, data: &Bytes) -> Result<Vec<DeaggregatedRecord>, DecodeError> {
-        if data.len() < FRAMING_LEN {
-            return Err(DecodeError::BadProtobuf(format!(
-                "{} bytes is shorter than magic + MD5",
-                data.len()
-            )));
-        }
-        let body = data.slice(KPL_MAGIC.len()..data.len() - DIGEST_LEN);
-        let digest: [u8; DIGEST_LEN] = Md5::digest(&body).into();
-        if digest[..] != data[data.len() - DIGEST_LEN..] {
-            return Err(DecodeError::BadDigest);
-        }
-        let aggregate =
-            AggregatedRecord::decode(body).map_err(|e| DecodeError::BadProtobuf(e.to_string()))?;
-        let keys = &aggregate.partition_key_table;
-        let ehks = &aggregate.explicit_hash_key_table;
-        let mut out = Vec::with_capacity(aggregate.records.len());
-        for (i, r) in aggregate.records.into_iter().enumerate() {
-            let out_of =
-                |table: &'static str, index: u64, len: usize| DecodeError::IndexOutOfRange {
-                    record: i,
-                    table,
-                    index,
-                    len,
-                };
-            let pk = usize::try_from(r.partition_key_index)
-                .ok()
-                .and_then(|k| keys.get(k))
-                .ok_or_else(|| out_of("partition_key_table", r.partition_key_index, keys.len()))?;
-            let ehk = match r.explicit_hash_key_index {
-                None => None,
-                Some(index) => Some(
-                    usize::try_from(index)
-                        .ok()
-                        .and_then(|k| ehks.get(k))
-                        .ok_or_else(|| out_of("explicit_hash_key_table", index, ehks.len()))?,
-                ),
-            };
-            out.push(DeaggregatedRecord {
-                hash_key: routing_hash(pk, ehk.map(String::as_str))?,
-                partition_key: pk.clone(),
-                explicit_hash_key: ehk.cloned(),
-                data: r.data,
-                sub_sequence_number: i as u64,
-                tags: r.tags.into_iter().map(|t| (t.key, t.value)).collect(),
-                kind: RecordKind::Aggregated,
+        Ok(UserRecords {
+            remaining: 1,
+            inner: Inner::Plain(Some(DeaggregatedRecord {
+                partition_key: partition_key.into(),
+                explicit_hash_key: explicit_hash_key.map(SharedStr::from),
+                hash_key,
+                data,
+                sub_sequence_number: 0,
+                tags: Vec::new(),
+                kind: RecordKind::Plain,
                 compressed: false,
-            });
-        }
-        Ok(out)
+            })),
+            compressed: false,
+        })
     }
 }
+
+fn read_aggregate(data: &Bytes) -> Result<AggregateIndex, DecodeError> {
+    if data.len() < FRAMING_LEN {
+        return Err(DecodeError::BadProtobuf(format!(
+            "{} bytes is shorter than magic + MD5",
+            data.len()
+        )));
+    }
+    let body = data.slice(KPL_MAGIC.len()..data.len() - DIGEST_LEN);
+    let digest: [u8; DIGEST_LEN] = Md5::digest(&body).into();
+    if digest[..] != data[data.len() - DIGEST_LEN..] {
+        return Err(DecodeError::BadDigest);
+    }
+    AggregateIndex::build(body)
+}
+
+/// The user records of one Kinesis record, built one at a time (see
+/// [`Deaggregator::user_records`]). Cloning it is cheap and starts over where it stands.
+#[derive(Clone)]
+pub struct UserRecords {
+    inner: Inner,
+    remaining: usize,
+    compressed: bool,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Plain(Option<DeaggregatedRecord>),
+    Aggregate {
+        index: Arc<AggregateIndex>,
+        /// Where the next top-level field of the protobuf starts.
+        pos: usize,
+        next: u64,
+    },
+}
+
+impl fmt::Debug for UserRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecords")
+            .field("kind", &self.kind())
+            .field("remaining", &self.remaining)
+            .field("compressed", &self.compressed)
+            .finish()
+    }
+}
+
+impl UserRecords {
+    /// Plain or aggregated.
+    pub fn kind(&self) -> RecordKind {
+        match self.inner {
+            Inner::Plain(_) => RecordKind::Plain,
+            Inner::Aggregate { .. } => RecordKind::Aggregated,
+        }
+    }
+
+    /// Whether the Kinesis record was a compressed frame.
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// How many of all its user records (read or not) hash outside `range`: for the KCL's
+    /// check, which drops the whole Kinesis record if any does. Builds no user record.
+    pub fn count_outside(&self, range: HashRange) -> usize {
+        match &self.inner {
+            Inner::Plain(Some(r)) => usize::from(!range.contains(r.hash_key)),
+            Inner::Plain(None) => 0,
+            Inner::Aggregate { index, .. } => index.count_outside(range),
+        }
+    }
+
+    /// The bytes this iterator keeps alive: the (decompressed) record and one copy of the key
+    /// table entries its user records use. Reading records does not change it.
+    pub fn held_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::Plain(r) => r
+                .as_ref()
+                .map_or(0, |r| r.data.len() + r.partition_key.len()),
+            Inner::Aggregate { index, .. } => index.held_bytes(),
+        }
+    }
+}
+
+impl Iterator for UserRecords {
+    type Item = DeaggregatedRecord;
+
+    fn next(&mut self) -> Option<DeaggregatedRecord> {
+        let record = match &mut self.inner {
+            Inner::Plain(r) => r.take(),
+            Inner::Aggregate { index, pos, next } => {
+                let body = index.body();
+                let mut fields = wire::Fields::at(body, *pos);
+                let range = loop {
+                    match fields.next() {
+                        Some(wire::Field::Record(range)) => break Some(range),
+                        Some(_) => continue,
+                        None => break None,
+                    }
+                };
+                *pos = fields.pos();
+                let range = range?;
+                let mut tags = Vec::new();
+                // Checked when the index was built: neither can fail.
+                let r = wire::record(body, range, Tags::Collect(&mut tags)).ok()?;
+                let keys = index.keys(&r)?;
+                let text = |range: Range<usize>| String::from_utf8_lossy(&body[range]).into_owned();
+                let record = DeaggregatedRecord {
+                    partition_key: keys.partition_key,
+                    explicit_hash_key: keys.explicit_hash_key,
+                    hash_key: keys.hash_key,
+                    data: body.slice(r.data),
+                    sub_sequence_number: *next,
+                    tags: tags
+                        .into_iter()
+                        .map(|(k, v)| (text(k), v.map(text)))
+                        .collect(),
+                    kind: RecordKind::Aggregated,
+                    compressed: self.compressed,
+                };
+                *next += 1;
+                Some(record)
+            }
+        };
+        if record.is_some() {
+            self.remaining -= 1;
+        }
+        record
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for UserRecords {}
 
 fn routing_hash(
     partition_key: &str,

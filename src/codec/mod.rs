@@ -10,3 +10,5 @@ pub mod aggregate;
 pub mod deaggregate;
 pub mod digest;
 pub mod frame;
+mod index;
+mod wire;

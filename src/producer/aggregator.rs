@@ -108,7 +108,7 @@ impl KinesisRecordOut {
             .iter()
             .zip(decoded)
             .map(|(state, d)| UserRecord {
-                partition_key: d.partition_key,
+                partition_key: d.partition_key.into(),
                 explicit_hash_key: explicit(state),
                 data: d.data,
             })
@@ -673,7 +673,7 @@ mod tests {
             .deaggregate(&out.entry.data, &out.entry.partition_key, None)
             .unwrap()
             .into_iter()
-            .map(|r| (r.partition_key, r.data))
+            .map(|r| (r.partition_key.into(), r.data))
             .collect()
     }
 

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use kpl::client::StreamId;
 use kpl::client::sdk::StartPosition;
-use kpl::codec::deaggregate::{DecodeError, outside_range};
+use kpl::codec::deaggregate::DecodeError;
 use kpl::dedup::Deduper;
 use kpl::reader::{ReaderConfig, StreamReader};
 
@@ -29,7 +29,7 @@ pub struct Args {
     /// Keep reading new records at the tip of the stream.
     #[arg(long)]
     follow: bool,
-    /// Stop after this many user records.
+    /// Stop after this many user records (0 prints none, like `head -n 0`).
     #[arg(long)]
     max_records: Option<u64>,
     /// Stop after this long without a new record (e.g. 5s).
@@ -89,10 +89,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut user_records, mut outside, mut undecodable) = (0u64, 0u64, 0u64);
     // Records that need a dictionary not given, by dictionary id: said once at the end.
     let mut missing_dictionaries = std::collections::BTreeMap::<u32, u64>::new();
-    'read: while let Some(batch) = reader.next_batch().await? {
+    let limit_reached = |n: u64| args.max_records.is_some_and(|m| n >= m);
+    'read: while !limit_reached(user_records)
+        && let Some(batch) = reader.next_batch().await?
+    {
         for r in batch {
+            // One user record at a time: an aggregate is never expanded whole.
             let records =
-                match deaggregator.deaggregate(&r.record.data, &r.record.partition_key, None) {
+                match deaggregator.user_records(&r.record.data, &r.record.partition_key, None) {
                     Ok(records) => records,
                     Err(DecodeError::UnknownDictionary(id)) => {
                         undecodable += 1;
@@ -105,18 +109,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
-            let bad = outside_range(&records, r.shard_range);
-            if !bad.is_empty() {
-                outside += bad.len() as u64;
+            let bad = records.count_outside(r.shard_range);
+            if bad > 0 {
+                outside += bad as u64;
                 eprintln!(
-                    "kpl cat: warning: {} of {} user records in {} {} hash outside the shard's range: the KCL drops this whole record",
-                    bad.len(),
+                    "kpl cat: warning: {bad} of {} user records in {} {} hash outside the shard's range: the KCL drops this whole record",
                     records.len(),
                     r.shard_id,
                     r.record.sequence_number
                 );
             }
             for u in records {
+                if limit_reached(user_records) {
+                    break 'read;
+                }
                 if let Some(d) = &mut deduper
                     && !d.keep(&u)
                 {
@@ -127,8 +133,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "shard_id": &*r.shard_id,
                         "sequence_number": r.record.sequence_number,
                         "sub_sequence_number": u.sub_sequence_number,
-                        "partition_key": u.partition_key,
-                        "explicit_hash_key": u.explicit_hash_key,
+                        "partition_key": u.partition_key.as_str(),
+                        "explicit_hash_key": u.explicit_hash_key.as_deref(),
                         "dedup_id": u.dedup_id().map(|id| id.to_string()),
                         "data": STANDARD.encode(&u.data),
                     });
@@ -143,9 +149,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     return Err(e.into());
                 }
                 user_records += 1;
-                if args.max_records.is_some_and(|m| user_records >= m) {
-                    break 'read;
-                }
             }
         }
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use kpl::codec::deaggregate::RecordKind;
+use kpl::codec::deaggregate::{DeaggregatedRecord, RecordKind};
 use kpl::limits::LARGEST_MAX_RECORD_BYTES;
 
 use crate::common::DecodeArgs;
@@ -51,25 +51,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         input
     };
-    let records = args.decode.deaggregator()?.deaggregate(
+    let records = args.decode.deaggregator()?.user_records(
         &data,
         &args.partition_key,
         args.explicit_hash_key.as_deref(),
     )?;
-    let mut out = std::io::stdout().lock();
-    for r in records {
-        let line = serde_json::json!({
-            "partition_key": r.partition_key,
-            "explicit_hash_key": r.explicit_hash_key,
-            "hash_key": r.hash_key.to_string(),
-            "sub_sequence_number": r.sub_sequence_number,
-            "kind": match r.kind { RecordKind::Plain => "plain", RecordKind::Aggregated => "aggregated" },
-            "compressed": r.compressed,
-            "tags": r.tags,
-            "dedup_id": r.dedup_id().map(|id| id.to_string()),
-            "data": STANDARD.encode(&r.data),
-        });
-        writeln!(out, "{line}")?;
+    // One user record at a time: an aggregate of millions of records is never held whole.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut keys = KeyCache::default();
+    let written = records
+        .into_iter()
+        .try_for_each(|r| write_line(&mut out, &r, &mut keys))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => other.map(|()| ExitCode::SUCCESS).map_err(Into::into),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON of the last partition key written: user records of an aggregate mostly repeat
+/// their neighbour's key, which is then escaped once, not once per record.
+#[derive(Default)]
+struct KeyCache {
+    key: String,
+    json: Vec<u8>,
+}
+
+impl KeyCache {
+    fn json(&mut self, key: &str) -> &[u8] {
+        if self.json.is_empty() || self.key != key {
+            self.key = key.to_owned();
+            self.json = serde_json::to_vec(key).expect("a string serializes");
+        }
+        &self.json
+    }
+}
+
+/// One user record as a JSON object, keys in sorted order (as `serde_json::json!` wrote them),
+/// written without building a JSON value per record.
+fn write_line(
+    out: &mut impl Write,
+    r: &DeaggregatedRecord,
+    keys: &mut KeyCache,
+) -> std::io::Result<()> {
+    let kind = match r.kind {
+        RecordKind::Plain => "plain",
+        RecordKind::Aggregated => "aggregated",
+    };
+    write!(out, "{{\"compressed\":{},\"data\":", r.compressed)?;
+    serde_json::to_writer(&mut *out, &STANDARD.encode(&r.data))?;
+    out.write_all(b",\"dedup_id\":")?;
+    serde_json::to_writer(&mut *out, &r.dedup_id().map(|id| id.to_string()))?;
+    out.write_all(b",\"explicit_hash_key\":")?;
+    serde_json::to_writer(&mut *out, &r.explicit_hash_key.as_deref())?;
+    write!(
+        out,
+        ",\"hash_key\":\"{}\",\"kind\":\"{kind}\",\"partition_key\":",
+        r.hash_key
+    )?;
+    out.write_all(keys.json(&r.partition_key))?;
+    write!(
+        out,
+        ",\"sub_sequence_number\":{},\"tags\":",
+        r.sub_sequence_number
+    )?;
+    serde_json::to_writer(&mut *out, &r.tags)?;
+    out.write_all(b"}\n")
 }

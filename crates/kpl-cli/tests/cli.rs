@@ -1257,3 +1257,116 @@ async fn put_and_cat_by_arn_round_trip_through_kinesis_local() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(multiset(&out.stdout), multiset(&input));
 }
+
+#[path = "../../../tests/common/bomb.rs"]
+mod bomb;
+
+/// Peak resident memory of `kpl ARGS < stdin` in KiB, measured by `/usr/bin/time -f %M` (the
+/// kernel's own count for the child, read after it exited), with its stdout counted in lines.
+fn peak_rss_kib(args: &[&str], stdin: &[u8]) -> (u64, usize, Output) {
+    let time = std::path::Path::new("/usr/bin/time");
+    assert!(
+        time.exists(),
+        "this test measures memory with /usr/bin/time"
+    );
+    let mut child = Command::new(time)
+        .arg("-f")
+        .arg("peak_rss_kib=%M")
+        .arg(kpl_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let mut stdout = child.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut lines, mut buf) = (0usize, vec![0u8; 1 << 20]);
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return lines,
+                Ok(n) => lines += bytecount_newlines(&buf[..n]),
+            }
+        }
+    });
+    let lines = counter.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let err = stderr(&out);
+    let kib = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {err}"));
+    (kib, lines, out)
+}
+
+fn bytecount_newlines(buf: &[u8]) -> usize {
+    buf.chunks(8)
+        .map(|c| c.iter().filter(|b| **b == b'\n').count())
+        .sum()
+}
+
+/// Issue 16, item 12: a 1.6 KB record that expands to 2.8 M user records sharing one
+/// 256-character key is decoded in bounded memory (it took 1.3 GB).
+#[test]
+fn kpl_decode_streams_a_hostile_aggregate_in_bounded_memory() {
+    let record = bomb::bomb();
+    assert!(
+        record.len() < 4096,
+        "a small record: {} bytes",
+        record.len()
+    );
+    let (kib, lines, out) = peak_rss_kib(&["decode"], &record);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines, bomb::bomb_records(), "every user record printed");
+    assert!(
+        kib <= 128 * 1024,
+        "kpl decode peaked at {} MiB for a {}-byte record",
+        kib / 1024,
+        record.len()
+    );
+}
+
+/// Issue 16, item 13: `kpl cat --max-records 0` prints nothing (as `head -n 0` does; it
+/// printed one record), and `--max-records N` prints exactly N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_cat_max_records_zero_prints_nothing() {
+    use kpl_sim::{Sim, SimConfig};
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    sim.create_stream("m", 1).await.unwrap();
+    let endpoint = sim.endpoint().to_owned();
+    let run = |args: Vec<String>, stdin: &'static [u8]| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kpl(&args, stdin)
+        })
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["--stream", "m", "--endpoint-url", &endpoint];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect()
+    };
+    let put = run([vec!["put".to_owned()], args(&[])].concat(), b"a\nb\nc\n")
+        .await
+        .unwrap();
+    assert!(put.status.success(), "{}", stderr(&put));
+    for (max, expected) in [("0", ""), ("2", "a\nb\n"), ("3", "a\nb\nc\n")] {
+        let cat = run(
+            [vec!["cat".to_owned()], args(&["--max-records", max])].concat(),
+            b"",
+        )
+        .await
+        .unwrap();
+        assert!(cat.status.success(), "{}", stderr(&cat));
+        assert_eq!(
+            String::from_utf8_lossy(&cat.stdout),
+            expected,
+            "--max-records {max}"
+        );
+    }
+}
