@@ -86,6 +86,7 @@ mod retrier;
 mod routes;
 mod sender;
 pub mod shard_map;
+pub mod spooled;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod stage_bench;
@@ -100,6 +101,7 @@ pub use error::{
 pub use hot_keys::{HotKey, HotShard};
 pub use metrics::{MetricsSnapshot, ShardCounters};
 pub use record::{Attempt, AttemptError, BatchFuture, Receipt, RecordFuture, RecordResult};
+pub use spooled::{AppendError, Delivery, SpooledProducer, SpooledProducerError};
 
 /// Most user-record slots (~100 bytes each) and aggregate-buffer bytes the aggregator keeps
 /// for reuse: what a few hundred thousand records/s keep in flight, so a long-running service
@@ -212,6 +214,17 @@ impl Producer {
         stream: &str,
         config: ProducerConfig,
     ) -> Result<Producer, ProducerError> {
+        Producer::with_dedup_producer(api, stream, config, None).await
+    }
+
+    /// [`Producer::new`] whose dedup ids (if on) carry `dedup_producer` instead of a new
+    /// random producer id: a spooled producer keeps its id across restarts.
+    pub(crate) async fn with_dedup_producer(
+        api: Arc<dyn KinesisApi>,
+        stream: &str,
+        config: ProducerConfig,
+        dedup_producer: Option<u64>,
+    ) -> Result<Producer, ProducerError> {
         config.validate()?;
         let stream = StreamId::parse(stream);
         let stream_error = |source| ProducerError::Stream {
@@ -266,10 +279,13 @@ impl Producer {
                 Some(Compressor::zstd_with_dictionary(*level, dictionary).map_err(zstd_error)?)
             }
         };
-        let dedup_producer = config.dedup_ids.then(|| match config.rng_seed {
-            Some(seed) => SmallRng::seed_from_u64(seed ^ DEDUP_SEED_SALT).random(),
-            None => rand::random(),
-        });
+        let dedup_producer = config
+            .dedup_ids
+            .then(|| match (dedup_producer, config.rng_seed) {
+                (Some(id), _) => id,
+                (None, Some(seed)) => SmallRng::seed_from_u64(seed ^ DEDUP_SEED_SALT).random(),
+                (None, None) => rand::random(),
+            });
         let aggregator = Aggregator::new(
             limits,
             config.record_max_buffered_time,
@@ -434,6 +450,17 @@ impl Producer {
         &self,
         records: Vec<UserRecord>,
     ) -> Result<BatchFuture, SendBatchError> {
+        self.send_batch_numbered(records, None).await
+    }
+
+    /// [`Producer::send_batch`] with each record's number (the sequence of its dedup id)
+    /// chosen by the caller: `seqs` has one per record.
+    pub(crate) async fn send_batch_numbered(
+        &self,
+        records: Vec<UserRecord>,
+        seqs: Option<Vec<u64>>,
+    ) -> Result<BatchFuture, SendBatchError> {
+        debug_assert!(seqs.as_ref().is_none_or(|s| s.len() == records.len()));
         let refuse = |reason, index, records| {
             Err(SendBatchError {
                 reason,
@@ -477,6 +504,7 @@ impl Producer {
             records,
             received,
             reply,
+            seqs,
         };
         match self.shared.input.send(Input::Batch(batch)) {
             Ok(()) => Ok(future),
@@ -621,7 +649,19 @@ impl Producer {
         &self.shared.stream
     }
 
-    fn check(&self, record: &UserRecord) -> Result<(), SendErrorReason> {
+    /// Records accepted and not yet resolved: what holds buffer room now.
+    pub(crate) fn outstanding_records(&self) -> usize {
+        self.shared
+            .max_outstanding_records
+            .saturating_sub(self.shared.room.records.available_permits())
+    }
+
+    /// The most records buffered at once (`max_outstanding_records`).
+    pub(crate) fn max_outstanding_records(&self) -> usize {
+        self.shared.max_outstanding_records
+    }
+
+    pub(crate) fn check(&self, record: &UserRecord) -> Result<(), SendErrorReason> {
         if self.shared.closed.load(Ordering::Relaxed) || self.shared.room.stopped.get().is_some() {
             return Err(self.closed_reason());
         }

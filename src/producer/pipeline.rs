@@ -75,6 +75,9 @@ pub(crate) struct BatchInput {
     pub records: Vec<UserRecord>,
     pub received: Instant,
     pub reply: oneshot::Sender<Vec<Reply>>,
+    /// Each record's number (its dedup id's sequence) when the caller chose them (a spooled
+    /// producer resends with the numbers of an earlier process); `None`: the pipeline's own.
+    pub seqs: Option<Vec<u64>>,
 }
 
 /// A batch whose records are not all resolved: their outcomes so far.
@@ -335,7 +338,7 @@ impl Pipeline {
         match input {
             Input::Record(PendingRecord { record, state }) => {
                 self.metrics.record_received(1, u64::from(state.billed));
-                self.accept(record, state);
+                self.accept(record, state, None);
             }
             Input::Batch(batch) => {
                 let len = batch.records.len();
@@ -354,6 +357,7 @@ impl Pipeline {
                     reply: batch.reply,
                 });
                 let mut bytes = 0;
+                let mut seqs = batch.seqs.map(Vec::into_iter);
                 for (index, record) in batch.records.into_iter().enumerate() {
                     let billed = record.billed_bytes();
                     bytes += billed as u64;
@@ -365,7 +369,8 @@ impl Pipeline {
                     let held_bytes =
                         BufferRoom::bytes_for(billed, self.config.max_outstanding_bytes);
                     let state = RecordState::of(&record, reply, batch.received, held_bytes);
-                    self.accept(record, state);
+                    let seq = seqs.as_mut().and_then(Iterator::next);
+                    self.accept(record, state, seq);
                 }
                 self.metrics.record_received(len as u64, bytes);
                 if len == 0 {
@@ -391,8 +396,8 @@ impl Pipeline {
 
     /// Takes a new record into the pipeline: its hash key, flush epoch and number, then the
     /// aggregator. The record's key and data are freed here, right after the aggregator copied
-    /// them.
-    fn accept(&mut self, record: UserRecord, mut state: RecordState) {
+    /// them. `seq`: the record's number if the caller chose it, else the next one.
+    fn accept(&mut self, record: UserRecord, mut state: RecordState, seq: Option<u64>) {
         let (index, seen) = if state.explicit {
             (self.map.index_of(state.hash_key), None)
         } else {
@@ -408,7 +413,7 @@ impl Pipeline {
             u64::from(state.billed),
         );
         state.epoch = self.epoch_base + self.epochs.len() as u64 - 1;
-        state.seq = self.next_seq;
+        state.seq = seq.unwrap_or(self.next_seq);
         self.next_seq += 1;
         *self.epochs.back_mut().expect("one epoch is always open") += 1;
         self.outstanding += 1;
