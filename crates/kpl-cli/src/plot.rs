@@ -10,12 +10,16 @@ use std::sync::Once;
 use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::types::RangedCoordf64;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::bench::Sample;
+
+/// A chart with seconds on x and a measure on y.
+type TimeChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A point in pixels.
 type BackendCoord = (i32, i32);
@@ -179,6 +183,41 @@ fn capacity_label(shards: usize) -> String {
     )
 }
 
+/// A chart of per-second samples: time on x from zero to the run's end, `y_desc` on y from zero
+/// to `y_max`; `whole_y` keeps y's ticks on whole numbers (counts) on a small axis.
+fn time_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    (x_max, y_max): (f64, f64),
+    y_desc: &str,
+    whole_y: bool,
+) -> Result<TimeChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    let y_labels = if whole_y && y_max <= 10.0 {
+        y_max as usize + 1
+    } else {
+        10
+    };
+    chart
+        .configure_mesh()
+        .x_desc("time since start (s)")
+        // Samples are per second: whole-second ticks.
+        .x_labels((x_max as usize + 1).min(13))
+        .y_desc(y_desc)
+        .y_labels(y_labels)
+        .x_label_formatter(&num)
+        .y_label_formatter(&num)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .draw()?;
+    Ok(chart)
+}
+
 fn throughput<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     d: &PlotData<'_>,
@@ -190,23 +229,13 @@ fn throughput<DB: DrawingBackend>(
         .iter()
         .map(|s| s.user_mib.max(s.kinesis_mib))
         .fold(capacity, f64::max));
-    let mut chart = ChartBuilder::on(area)
-        .caption("Throughput per second", (FONT, 18))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        // Samples are per second: whole-second ticks.
-        .x_labels((x_max as usize + 1).min(13))
-        .y_desc("MiB/s")
-        .x_label_formatter(&num)
-        .y_label_formatter(&num)
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+    let mut chart = time_chart(
+        area,
+        "Throughput per second",
+        (x_max, y_max),
+        "MiB/s",
+        false,
+    )?;
     chart
         .draw_series(DashedLineSeries::new(
             [(0.0, capacity), (x_max, capacity)],
@@ -240,29 +269,13 @@ fn throttling<DB: DrawingBackend>(
 ) -> DrawResult<DB> {
     let x_max = seconds(d);
     let y_max = top(d.samples.iter().map(|s| s.throttled).fold(0.0, f64::max));
-    let mut chart = ChartBuilder::on(area)
-        .caption("Throttled per second", (FONT, 18))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        // Samples are per second: whole-second ticks.
-        .x_labels((x_max as usize + 1).min(13))
-        .y_desc("Kinesis entries/s")
-        // Entries are counted whole: no 0.5 ticks on a small axis.
-        .y_labels(if y_max <= 10.0 {
-            y_max as usize + 1
-        } else {
-            10
-        })
-        .x_label_formatter(&num)
-        .y_label_formatter(&num)
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+    let mut chart = time_chart(
+        area,
+        "Throttled per second",
+        (x_max, y_max),
+        "Kinesis entries/s",
+        true,
+    )?;
     chart
         .draw_series(LineSeries::new(
             d.samples.iter().map(|s| (s.second as f64, s.throttled)),
@@ -280,23 +293,13 @@ fn latency<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &PlotData<'_>) 
         .iter()
         .filter_map(|s| s.latency_ms.map(|l| l[2]))
         .fold(0.0, f64::max));
-    let mut chart = ChartBuilder::on(area)
-        .caption("Latency send -> stored, by second of the ack", (FONT, 18))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        // Samples are per second: whole-second ticks.
-        .x_labels((x_max as usize + 1).min(13))
-        .y_desc("latency (ms)")
-        .x_label_formatter(&num)
-        .y_label_formatter(&num)
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+    let mut chart = time_chart(
+        area,
+        "Latency send -> stored, by second of the ack",
+        (x_max, y_max),
+        "latency (ms)",
+        false,
+    )?;
     for (i, (name, color)) in [("p50", BLUE), ("p90", ORANGE), ("p99", RED)]
         .into_iter()
         .enumerate()
