@@ -178,3 +178,56 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
     }
     waiter.join().unwrap().expect("wait for the example")
 }
+
+/// A local endpoint named in `~/.aws/config` (`endpoint_url` in the default profile, as
+/// LocalStack's and kinesalite's guides set it up) is as local as `AWS_ENDPOINT_URL`: no
+/// credentials are needed for it. Before, only the environment was looked at, so such a setup
+/// failed for want of credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_endpoint_from_the_aws_config_profile_needs_no_credentials() {
+    let binaries = tokio::task::spawn_blocking(build_examples).await.unwrap();
+    let exe = binaries
+        .iter()
+        .find(|(n, _)| n == "minimal_producer")
+        .map(|(_, exe)| exe.clone())
+        .expect("cargo built the minimal_producer example");
+    let sim = Sim::start(SimConfig {
+        streams: vec![("my-stream".into(), 2)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-profile-endpoint-home");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[default]\nregion = eu-west-1\nendpoint_url = {}\n",
+            sim.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("my-stream")
+        .env_clear()
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(300)))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minimal_producer exited with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sim.stats().requests > 0,
+        "the example never reached the simulator"
+    );
+    sim.shutdown().await;
+}

@@ -436,22 +436,7 @@ impl EndpointInputs {
     /// What the SDK's config builder takes from `sdk` for endpoint resolution
     /// (`aws_sdk_kinesis::config::Builder::from(&SdkConfig)`), with kpl's fallback region.
     fn from_sdk_config(sdk: &SdkConfig) -> Self {
-        let endpoint_url = if sdk.get_origin("endpoint_url").is_client_config() {
-            sdk.endpoint_url().map(str::to_owned)
-        } else {
-            sdk.service_config()
-                .and_then(|conf| {
-                    conf.load_config(
-                        aws_types::service_config::ServiceConfigKey::builder()
-                            .service_id("Kinesis")
-                            .env("AWS_ENDPOINT_URL")
-                            .profile("endpoint_url")
-                            .build()
-                            .expect("every field set"),
-                    )
-                })
-                .or_else(|| sdk.endpoint_url().map(str::to_owned))
-        };
+        let endpoint_url = crate::client::sdk::kinesis_endpoint_url(sdk);
         EndpointInputs {
             region: sdk
                 .region()

@@ -36,10 +36,11 @@ pub const FALLBACK_REGION: &str = "us-east-1";
 ///
 /// - **Endpoint**: [`endpoint_url`](Self::endpoint_url), else `AWS_ENDPOINT_URL_KINESIS`, else
 ///   `AWS_ENDPOINT_URL` (neither when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the
-///   region's AWS endpoint.
+///   shared config's (`endpoint_url` in the `~/.aws/config` profile or its `services`
+///   section), else the region's AWS endpoint.
 /// - **Credentials**: the AWS default chain (environment, `~/.aws` profiles, web identity,
 ///   container and instance roles). For a loopback endpoint (127.0.0.0/8, `localhost`,
-///   `[::1]`: `kpl sim`, kinesalite) when the environment names no credentials
+///   `[::1]`: `kpl sim`, kinesalite; from any of those sources) when the environment names no credentials
 ///   (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, web identity, container credentials), placeholders:
 ///   local emulators accept any signature, and no lookup reaches for the instance's role.
 /// - **Region**: [`region`](Self::region), else the default chain (`AWS_REGION`, the
@@ -202,17 +203,32 @@ impl SdkKinesis {
             // A local emulator (kpl sim, kinesalite) checks signatures loosely: when no
             // credentials are configured at all, sign with placeholders instead of failing.
             if local && !credentials_configured() {
-                loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                    "local",
-                    "local",
-                    None,
-                    None,
-                    "kpl-local-endpoint",
-                ));
+                loader = loader.credentials_provider(local_credentials());
             }
             loader = loader.endpoint_url(endpoint);
         }
-        loader.load().await
+        let config = loader.load().await;
+        if local {
+            return config;
+        }
+        // The endpoint may also come from the shared config (`endpoint_url` in a `~/.aws/config`
+        // profile or its `services` section): a loopback one there is as local as in the
+        // environment, and gets the same placeholders and region.
+        match kinesis_endpoint_url(&config) {
+            Some(url) if is_loopback(&url) => {
+                let mut builder = config.to_builder();
+                if !credentials_configured() {
+                    builder.set_credentials_provider(Some(SharedCredentialsProvider::new(
+                        local_credentials(),
+                    )));
+                }
+                if config.region().is_none() {
+                    builder.set_region(Some(Region::new(FALLBACK_REGION)));
+                }
+                builder.build()
+            }
+            _ => config,
+        }
     }
 
     /// The SDK client, for calls this type does not wrap.
@@ -399,6 +415,33 @@ fn region_in_environment() -> bool {
     ["AWS_REGION", "AWS_DEFAULT_REGION"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
+}
+
+/// The placeholder credentials kpl signs with for a local endpoint.
+fn local_credentials() -> aws_sdk_kinesis::config::Credentials {
+    aws_sdk_kinesis::config::Credentials::new("local", "local", None, None, "kpl-local-endpoint")
+}
+
+/// The endpoint URL the Kinesis client takes from `sdk`, as
+/// `aws_sdk_kinesis::config::Builder::from(&SdkConfig)` picks it: one set in code first, then
+/// the service-specific setting (`AWS_ENDPOINT_URL_KINESIS`, a profile's `services` section),
+/// then the global one (`AWS_ENDPOINT_URL`, a profile's `endpoint_url`).
+pub(crate) fn kinesis_endpoint_url(sdk: &SdkConfig) -> Option<String> {
+    if sdk.get_origin("endpoint_url").is_client_config() {
+        return sdk.endpoint_url().map(str::to_owned);
+    }
+    sdk.service_config()
+        .and_then(|conf| {
+            conf.load_config(
+                aws_types::service_config::ServiceConfigKey::builder()
+                    .service_id("Kinesis")
+                    .env("AWS_ENDPOINT_URL")
+                    .profile("endpoint_url")
+                    .build()
+                    .expect("every field set"),
+            )
+        })
+        .or_else(|| sdk.endpoint_url().map(str::to_owned))
 }
 
 fn credentials_configured() -> bool {
