@@ -207,3 +207,36 @@ async fn a_ca_file_that_is_not_a_certificate_is_refused_before_any_call() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_sim_certificate_or_key_that_cannot_serve_is_a_clear_error() {
+    let ca = TestCa::new();
+    let start = |cert: &str, key: &str| {
+        Sim::start(SimConfig {
+            tls: Some(kpl_sim::SimTls {
+                cert_chain_pem: cert.as_bytes().to_vec(),
+                key_pem: key.as_bytes().to_vec(),
+            }),
+            ..Default::default()
+        })
+    };
+    let no_key = start(&ca.cert_pem, &ca.cert_pem)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        no_key.contains("no private key") && no_key.contains("PEM"),
+        "{no_key}"
+    );
+    let no_cert = start("", &ca.key_pem).await.err().unwrap().to_string();
+    assert!(no_cert.contains("no certificate"), "{no_cert}");
+    // A key of another certificate.
+    let other = TestCa::new();
+    let mismatch = start(&ca.cert_pem, &other.key_pem)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(mismatch.contains("does not fit"), "{mismatch}");
+}
