@@ -163,6 +163,11 @@ async fn wrong_proxy_credentials_fail_the_call_and_loopback_bypasses_by_default(
         let error = api.put_records(&stream, entries(1)).await.unwrap_err();
         assert_eq!(error.status, Some(407), "{kind:?}: {error:?}");
         assert!(!error.is_retryable(), "{kind:?}: {error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains("proxy refused") && text.contains("user:password"),
+            "{kind:?}: {text}"
+        );
     }
     assert_eq!(counts.refused.load(Ordering::SeqCst), 2);
     assert_eq!(sim.stats().entries_forwarded, 3);

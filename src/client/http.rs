@@ -1,5 +1,7 @@
 //! The one HTTP client both client paths send through: hyper with rustls on ring, the proxy
 //! ([`ProxySetting`]) and the trusted roots (native roots plus [`super::sdk::ConnectOptions::ca_file`]).
+//! The connection failures no retry can fix (an untrusted certificate, a proxy's 407 to a
+//! CONNECT) are recognised here for both client paths.
 //!
 //! aws-config hands this client to its credential providers too (STS, SSO, container and
 //! instance metadata), so they follow the same proxy; the metadata addresses (169.254.0.0/16,
@@ -149,11 +151,20 @@ fn trust(ca_file: Option<&Path>) -> Result<TlsContext, HttpSetupError> {
             reason,
         };
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        if !pem
-            .windows(b"-----BEGIN CERTIFICATE-----".len())
-            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-        {
+        // The connector parses the file again on every connection it builds and panics on
+        // what it cannot read: every certificate is checked here, once.
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("unreadable PEM ({e})")))?;
+        if certs.is_empty() {
             return Err(bad("no PEM certificate in it".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("certificate {} is not usable ({e})", i + 1)))?;
         }
         store = store.with_pem_certificate(pem);
     }
@@ -255,6 +266,43 @@ impl HttpConnector for BySchemeConnector {
             self.https.call(request)
         }
     }
+}
+
+/// A connection failure no retry can fix, found under a client's error: the certificate of
+/// the endpoint (or of a TLS-inspecting proxy) is not trusted, or the proxy refused the
+/// CONNECT tunnel for its credentials (407). Both client paths classify their transport
+/// errors through this first.
+pub(crate) fn refused_connection(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<crate::client::ApiError> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(rustls::Error::InvalidCertificate(reason)) = e.downcast_ref::<rustls::Error>() {
+            return Some(crate::client::ApiError {
+                kind: crate::client::ApiErrorKind::Certificate,
+                code: None,
+                status: None,
+                message: format!("the TLS certificate presented is not trusted ({reason:?})"),
+            });
+        }
+        // hyper-util's tunnel error is private: its text is all there is.
+        if e.to_string() == "tunnel error: proxy authorization required" {
+            return Some(crate::client::ApiError::from_answer(
+                407,
+                None,
+                "the proxy refused the CONNECT tunnel (407 Proxy Authentication Required)",
+            ));
+        }
+        // `io::Error::source` skips the error it wraps: look at that one first.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// A client whose every call fails with `error` (a setting that cannot work, reported on

@@ -678,6 +678,9 @@ fn sanitize_error_code(code: &str) -> &str {
 
 /// A transport failure, classified as the SDK path classifies a dispatch failure.
 fn connector_error(error: ConnectorError) -> ApiError {
+    if let Some(refused) = crate::client::http::refused_connection(&error) {
+        return refused;
+    }
     let message = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
     let message: String = message.chars().take(500).collect();
     if error.is_timeout() {

@@ -233,6 +233,10 @@ pub enum ApiErrorKind {
     /// call returns. Retryable when its status ([`ApiError::status`]) is 2xx, 5xx or 429;
     /// another 4xx (a proxy or gateway saying no) is not.
     Response,
+    /// The TLS certificate of the endpoint, or of a proxy that inspects TLS, is not trusted
+    /// (unknown issuer, wrong name, expired). Not retryable: trust its CA
+    /// ([`sdk::ConnectOptions::ca_file`], `--ca-file`, `SSL_CERT_FILE`).
+    Certificate,
     /// Anything else: a bug.
     Other,
 }
@@ -319,7 +323,7 @@ impl ApiError {
             ApiErrorKind::Timeout
             | ApiErrorKind::Connection
             | ApiErrorKind::CredentialsTransient => true,
-            ApiErrorKind::Credentials => false,
+            ApiErrorKind::Credentials | ApiErrorKind::Certificate => false,
             ApiErrorKind::Response => self
                 .status
                 .is_none_or(|s| !(400..500).contains(&s) || s == 429),
@@ -336,12 +340,15 @@ impl ApiError {
 
     fn describe(&self) -> String {
         let what = match self.kind {
+            // A proxy's answer, whichever way it came (forward proxy or CONNECT).
+            _ if self.status == Some(407) && self.code.is_none() => "the proxy refused the call",
             ApiErrorKind::Service => "Kinesis returned an error",
             ApiErrorKind::Timeout => "the call timed out",
             ApiErrorKind::Connection => "could not reach the Kinesis endpoint",
             ApiErrorKind::Credentials => "no usable AWS credentials",
             ApiErrorKind::CredentialsTransient => "the AWS credentials are unavailable for now",
             ApiErrorKind::Response => "the answer could not be read",
+            ApiErrorKind::Certificate => "could not reach the Kinesis endpoint over TLS",
             ApiErrorKind::Other => "the call failed",
         };
         let mut s = what.to_owned();
@@ -365,6 +372,14 @@ impl ApiError {
         } else if self.kind == ApiErrorKind::Credentials {
             s.push_str(
                 ". Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run on a role",
+            );
+        } else if self.status == Some(407) && self.code.is_none() {
+            s.push_str(
+                ". Check the user:password in the proxy URL (--proxy, HTTPS_PROXY / HTTP_PROXY; percent-encode @ and : in them)",
+            );
+        } else if self.kind == ApiErrorKind::Certificate {
+            s.push_str(
+                ". Trust the CA that signed it (a proxy that inspects TLS, a private endpoint): --ca-file FILE (ConnectOptions::ca_file) adds it to the system's roots, SSL_CERT_FILE replaces them; a container without a CA bundle (/etc/ssl/certs) needs ca-certificates or SSL_CERT_FILE",
             );
         } else if self.kind == ApiErrorKind::Connection {
             s.push_str(". Check the endpoint URL and region, and that the service is reachable");

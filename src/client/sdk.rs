@@ -510,6 +510,11 @@ pub fn map_error<E>(error: SdkError<E, aws_sdk_kinesis::config::http::HttpRespon
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let SdkError::DispatchFailure(_) = &error
+        && let Some(refused) = crate::client::http::refused_connection(&error)
+    {
+        return refused;
+    }
     let detail = || error_text(&error).chars().take(500).collect::<String>();
     let plain = |kind, status| ApiError {
         kind,

@@ -233,12 +233,24 @@ pub(crate) fn report(metrics: &Metrics, stream: &dyn std::fmt::Display, hot: Hot
         shard = %hot.shard_id,
         shard_bytes = hot.bytes,
         mean_other_bytes = hot.mean_other_bytes,
-        "shard {} is throttled while the others have room: its heaviest partition keys are {} \
-         (spread the load with more varied keys, or an explicit hash key)",
-        hot.shard_id,
-        logged_keys(&hot),
+        "{}",
+        warning(&hot),
     );
     metrics.hot_shard(hot);
+}
+
+/// The warning's text: the shard, how far above the others it is, its heaviest keys (cut
+/// short) with their shares of its bytes, and what to do.
+fn warning(hot: &HotShard) -> String {
+    let skew = hot.bytes as f64 / hot.mean_other_bytes.max(1) as f64;
+    format!(
+        "shard {} is throttled while the others have room: it carries {skew:.1}x the mean of \
+         the other shards' recent bytes; its heaviest partition keys are {}. Spread the records \
+         of a hot key over more keys (e.g. a suffix), or route them by explicit hash key; if \
+         their order matters, only a less skewed key helps",
+        hot.shard_id,
+        logged_keys(hot),
+    )
 }
 
 /// `"key" (share%)` for the heaviest keys, cut to [`LOGGED_KEY_CHARS`] characters.
@@ -339,6 +351,52 @@ mod tests {
         // A new map starts over.
         let map2 = ShardMap::new(&even_shards(4), 2).unwrap();
         assert_eq!(hot.on_throttled(&map2, &id, now + REPORT_EVERY * 2), None);
+    }
+
+    #[test]
+    fn the_warning_names_the_shard_the_cut_keys_their_shares_and_what_to_do() {
+        let long = format!("tenant-{}", "x".repeat(100));
+        let hot = HotShard {
+            shard_id: "shardId-000000000007".into(),
+            bytes: 8_000,
+            mean_other_bytes: 2_500,
+            keys: vec![
+                HotKey {
+                    partition_key: long.clone(),
+                    bytes: 6_000,
+                    overcount: 0,
+                },
+                HotKey {
+                    partition_key: "user-42".into(),
+                    bytes: 1_000,
+                    overcount: 0,
+                },
+                HotKey {
+                    partition_key: "user-43".into(),
+                    bytes: 600,
+                    overcount: 0,
+                },
+                HotKey {
+                    partition_key: "user-44".into(),
+                    bytes: 400,
+                    overcount: 0,
+                },
+            ],
+        };
+        let text = warning(&hot);
+        let cut: String = long.chars().take(LOGGED_KEY_CHARS).collect();
+        assert_eq!(
+            text,
+            format!(
+                "shard shardId-000000000007 is throttled while the others have room: it carries \
+                 3.2x the mean of the other shards' recent bytes; its heaviest partition keys \
+                 are \"{cut}…\" (75% of its bytes), \"user-42\" (12% of its bytes), \"user-43\" \
+                 (8% of its bytes). Spread the records of a hot key over more keys (e.g. a \
+                 suffix), or route them by explicit hash key; if their order matters, only a \
+                 less skewed key helps"
+            )
+        );
+        assert!(!text.contains(&long) && !text.contains("user-44"), "{text}");
     }
 
     #[test]

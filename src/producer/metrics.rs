@@ -4,7 +4,9 @@
 //!
 //! Facade names: `kpl_<snake_case KPL name>` with a `stream` label, e.g.
 //! `kpl_user_records_put{stream="logs"}`; `kpl_errors_by_code` also has a `code` label; times are
-//! histograms in milliseconds.
+//! histograms in milliseconds. Per-shard series (`kpl_shard_*`) have a `shard` label for the
+//! [`MAX_SHARD_LABELS`] busiest shards only, re-picked at most every [`SHARD_LABELS_REPICK`]
+//! with hysteresis ([`SHARD_LABELS_HYSTERESIS`]); the rest count under `shard="other"`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -79,9 +81,22 @@ pub struct ShardCounters {
     pub throttled_entries: u64,
 }
 
-/// Shards with their own `shard` label in the facade's per-shard series; the others share
-/// `shard="other"`, so a stream of thousands of shards cannot flood a scraper.
+/// Shards with their own `shard` label in the facade's per-shard series: the busiest by
+/// bytes put over the last pick interval. The others share `shard="other"`, so a stream of
+/// thousands of shards cannot flood a scraper.
 pub const MAX_SHARD_LABELS: usize = 64;
+
+/// The first pick of the labelled shards, after the first shard event: until then every
+/// shard counts under `shard="other"`.
+pub const SHARD_LABELS_FIRST_PICK: Duration = Duration::from_secs(10);
+
+/// Later picks, at most this often, from the bytes put since the previous pick: a labelled
+/// shard's series keeps counting for at least this long.
+pub const SHARD_LABELS_REPICK: Duration = Duration::from_secs(60);
+
+/// A labelled shard keeps its label against an unlabelled one unless that one put more than
+/// this many times its bytes in the interval (hysteresis: near-equal shards do not swap).
+pub const SHARD_LABELS_HYSTERESIS: u64 = 2;
 
 /// The facade's per-shard series of one shard.
 struct ShardSeries {
@@ -90,10 +105,66 @@ struct ShardSeries {
     throttled: metrics::Counter,
 }
 
-/// One shard's counters and series.
+impl ShardSeries {
+    fn new(stream: &str, label: &str) -> Self {
+        let labels = [("stream", stream.to_owned()), ("shard", label.to_owned())];
+        ShardSeries {
+            kinesis_records: metrics::counter!("kpl_shard_kinesis_records_put", &labels),
+            bytes: metrics::counter!("kpl_shard_kinesis_records_data_put", &labels),
+            throttled: metrics::counter!("kpl_shard_throttled_entries", &labels),
+        }
+    }
+}
+
+/// One shard's counters, its bytes since the last pick, and its series while labelled.
 struct ShardEntry {
     counters: ShardCounters,
-    series: ShardSeries,
+    window_bytes: u64,
+    series: Option<ShardSeries>,
+}
+
+/// Every shard seen, and which of them have a label of their own.
+struct Shards {
+    entries: BTreeMap<String, ShardEntry>,
+    /// `shard="other"`: every shard without a label.
+    other: ShardSeries,
+    /// When the labelled set is picked next; `None` before the first shard event.
+    next_pick: Option<tokio::time::Instant>,
+}
+
+impl Shards {
+    /// Labels the [`MAX_SHARD_LABELS`] busiest shards of the interval just ended (a labelled
+    /// one's bytes count [`SHARD_LABELS_HYSTERESIS`] times), drops the others' series, and
+    /// starts a new interval.
+    fn pick(&mut self, stream: &str) {
+        let mut ranked: Vec<(u64, &String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.window_bytes > 0)
+            .map(|(id, e)| {
+                let weight = if e.series.is_some() {
+                    SHARD_LABELS_HYSTERESIS
+                } else {
+                    1
+                };
+                (e.window_bytes.saturating_mul(weight), id)
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let chosen: std::collections::BTreeSet<String> = ranked
+            .into_iter()
+            .take(MAX_SHARD_LABELS)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for (id, entry) in &mut self.entries {
+            entry.window_bytes = 0;
+            match (chosen.contains(id), entry.series.is_some()) {
+                (true, false) => entry.series = Some(ShardSeries::new(stream, id)),
+                (false, true) => entry.series = None,
+                _ => {}
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -141,7 +212,7 @@ pub struct Metrics {
     stream: String,
     c: Counters,
     errors: Mutex<BTreeMap<String, u64>>,
-    shards: Mutex<BTreeMap<String, ShardEntry>>,
+    shards: Mutex<Shards>,
     hot: Mutex<BTreeMap<String, HotShard>>,
     hot_reports: AtomicU64,
     facade: Facade,
@@ -173,7 +244,11 @@ impl Metrics {
             stream: s,
             c: Counters::default(),
             errors: Mutex::new(BTreeMap::new()),
-            shards: Mutex::new(BTreeMap::new()),
+            shards: Mutex::new(Shards {
+                entries: BTreeMap::new(),
+                other: ShardSeries::new(stream, "other"),
+                next_pick: None,
+            }),
             hot: Mutex::new(BTreeMap::new()),
             hot_reports: AtomicU64::new(0),
         }
@@ -200,47 +275,60 @@ impl Metrics {
         self.facade.pending.decrement(user_records as f64);
     }
 
-    /// Runs `f` on `shard`'s entry, made on first use: its own series for the first
-    /// [`MAX_SHARD_LABELS`] shards seen, `shard="other"` for the rest.
-    fn with_shard(&self, shard: &str, f: impl FnOnce(&mut ShardEntry)) {
+    /// Runs `f` on `shard`'s counters and series (its own while labelled, else
+    /// `shard="other"`) at `now`, picking the labelled shards first when it is time.
+    fn with_shard(
+        &self,
+        shard: &str,
+        now: tokio::time::Instant,
+        f: impl FnOnce(&mut ShardCounters, &mut u64, &ShardSeries),
+    ) {
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = shards.get_mut(shard) {
-            f(entry);
-            return;
+        match shards.next_pick {
+            None => shards.next_pick = Some(now + SHARD_LABELS_FIRST_PICK),
+            Some(at) if now >= at => {
+                shards.pick(&self.stream);
+                shards.next_pick = Some(now + SHARD_LABELS_REPICK);
+            }
+            Some(_) => {}
         }
-        let label = if shards.len() < MAX_SHARD_LABELS {
-            shard.to_owned()
-        } else {
-            "other".to_owned()
-        };
-        let labels = [("stream", self.stream.clone()), ("shard", label)];
-        let series = ShardSeries {
-            kinesis_records: metrics::counter!("kpl_shard_kinesis_records_put", &labels),
-            bytes: metrics::counter!("kpl_shard_kinesis_records_data_put", &labels),
-            throttled: metrics::counter!("kpl_shard_throttled_entries", &labels),
-        };
-        f(shards.entry(shard.to_owned()).or_insert(ShardEntry {
-            counters: ShardCounters::default(),
-            series,
-        }));
+        let Shards { entries, other, .. } = &mut *shards;
+        if !entries.contains_key(shard) {
+            entries.insert(
+                shard.to_owned(),
+                ShardEntry {
+                    counters: ShardCounters::default(),
+                    window_bytes: 0,
+                    series: None,
+                },
+            );
+        }
+        let entry = entries.get_mut(shard).expect("inserted above");
+        let series = entry.series.as_ref().unwrap_or(other);
+        f(&mut entry.counters, &mut entry.window_bytes, series);
     }
 
     /// A Kinesis record of `bytes` was stored on `shard`.
     pub fn shard_put(&self, shard: &str, bytes: u64) {
-        self.with_shard(shard, |e| {
-            e.counters.kinesis_records += 1;
-            e.counters.bytes += bytes;
-            e.series.kinesis_records.increment(1);
-            e.series.bytes.increment(bytes);
+        self.shard_put_at(shard, bytes, tokio::time::Instant::now());
+    }
+
+    fn shard_put_at(&self, shard: &str, bytes: u64, now: tokio::time::Instant) {
+        self.with_shard(shard, now, |counters, window, series| {
+            counters.kinesis_records += 1;
+            counters.bytes += bytes;
+            *window += bytes;
+            series.kinesis_records.increment(1);
+            series.bytes.increment(bytes);
         });
     }
 
     /// An entry was throttled on `shard`.
     pub fn shard_throttled(&self, shard: &str) {
         self.throttled(1);
-        self.with_shard(shard, |e| {
-            e.counters.throttled_entries += 1;
-            e.series.throttled.increment(1);
+        self.with_shard(shard, tokio::time::Instant::now(), |counters, _, series| {
+            counters.throttled_entries += 1;
+            series.throttled.increment(1);
         });
     }
 
@@ -378,6 +466,7 @@ impl Metrics {
                 .shards
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .entries
                 .iter()
                 .map(|(id, e)| (id.clone(), e.counters))
                 .collect(),
@@ -546,5 +635,73 @@ mod tests {
                 .unwrap(),
             vec![6.0, 2.0]
         );
+    }
+
+    fn shard(i: usize) -> String {
+        format!("shardId-{i:012}")
+    }
+
+    #[test]
+    fn per_shard_series_follow_the_busiest_shards_with_hysteresis() {
+        let recorder = TestRecorder::default();
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let total = |shard: &str| {
+            let key = format!("kpl_shard_kinesis_records_data_put{{stream=s,shard={shard}}}");
+            recorder
+                .counters
+                .lock()
+                .unwrap()
+                .get(&key)
+                .map(|t| t.0.load(Relaxed))
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let m = Metrics::new("s");
+            // 100 shards seen in order; the busy ones are the last 64, beyond the first 64 seen.
+            for i in 0..100 {
+                m.shard_put_at(&shard(i), if i >= 36 { 10_000 } else { 100 }, at(0));
+            }
+            // Before the first pick everything counts under "other".
+            assert_eq!(total("other"), Some(36 * 100 + 64 * 10_000));
+            assert_eq!(total(&shard(99)), None);
+            // The first event after the first pick interval picks the 64 busiest.
+            m.shard_put_at(&shard(99), 1, at(10));
+            for i in 36..100 {
+                assert!(total(&shard(i)).is_some(), "{i} has no series");
+            }
+            for i in 0..36 {
+                assert_eq!(total(&shard(i)), None, "{i} is not among the busiest");
+            }
+            assert_eq!(total(&shard(99)), Some(1));
+            // Next interval: the labelled shards put 10 000 bytes, shard 36 (the weakest)
+            // 9 000; shard 0 puts 15 000 (under twice the weakest), shard 1 25 000 (over).
+            for i in 36..100 {
+                m.shard_put_at(&shard(i), if i == 36 { 9_000 } else { 10_000 }, at(20));
+            }
+            m.shard_put_at(&shard(0), 15_000, at(20));
+            m.shard_put_at(&shard(1), 25_000, at(20));
+            // No pick before the re-pick interval.
+            m.shard_put_at(&shard(2), 1, at(60));
+            assert_eq!(total(&shard(1)), None);
+            m.shard_put_at(&shard(2), 1, at(70));
+            assert_eq!(total(&shard(0)), None, "within the hysteresis: no swap");
+            assert_eq!(
+                total(&shard(1)),
+                Some(0),
+                "over twice the weakest: labelled"
+            );
+            // The shard it displaced, the weakest, stops counting.
+            let displaced = (36..100)
+                .find(|i| {
+                    let before = total(&shard(*i));
+                    m.shard_put_at(&shard(*i), 5, at(71));
+                    total(&shard(*i)) == before
+                })
+                .expect("one labelled shard was displaced");
+            assert_eq!(displaced, 36);
+            // The snapshot keeps every shard's own totals whatever its label.
+            assert_eq!(m.snapshot().shards.len(), 100);
+            assert_eq!(m.snapshot().shards[&shard(1)].bytes, 25_100);
+        });
     }
 }

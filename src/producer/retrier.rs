@@ -104,6 +104,7 @@ pub(crate) fn classify_call_error(error: &ApiError) -> (AttemptError, bool) {
         (None, ApiErrorKind::Connection) => "Connection".into(),
         (None, ApiErrorKind::Credentials) => "Credentials".into(),
         (None, ApiErrorKind::CredentialsTransient) => "CredentialsUnavailable".into(),
+        (None, ApiErrorKind::Certificate) => "UntrustedCertificate".into(),
         (None, _) => match error.status {
             Some(status) => format!("HTTP{status}"),
             None => "Unknown".into(),

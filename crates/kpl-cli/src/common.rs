@@ -38,6 +38,9 @@ pub struct ConnectArgs {
     /// No proxy, whatever HTTPS_PROXY / HTTP_PROXY say.
     #[arg(long)]
     pub no_proxy: bool,
+    /// Send loopback endpoints through the proxy too (to try a proxy against `kpl sim`).
+    #[arg(long, conflicts_with = "no_proxy")]
+    pub proxy_loopback: bool,
     /// PEM CA certificates to trust besides the platform's roots (a TLS-inspecting proxy, a
     /// private endpoint).
     #[arg(long, value_name = "FILE")]
@@ -58,7 +61,7 @@ impl ConnectArgs {
                 (None, true) => kpl::client::http::ProxySetting::None,
                 (None, false) => kpl::client::http::ProxySetting::FromEnv,
             },
-            proxy_loopback: false,
+            proxy_loopback: self.proxy_loopback,
             ca_file: self.ca_file.clone(),
         }
     }

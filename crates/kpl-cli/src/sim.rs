@@ -8,6 +8,8 @@
 //! kpl sim: listening on http://127.0.0.1:PORT streams=NAME:SHARDS[,NAME:SHARDS...]
 //! ```
 //!
+//! (`https://` with `--tls-cert` / `--tls-key`.)
+//!
 //! (the endpoint is the fifth space-separated word, as in `read -r _ _ _ _ endpoint _`;
 //! `streams=` is empty without `--stream`).
 
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kpl_sim::{EntryFault, Faults, RequestFault, Sim, SimConfig};
+use kpl_sim::{EntryFault, Faults, RequestFault, Sim, SimConfig, SimTls};
 
 /// Arguments of `kpl sim`.
 #[derive(clap::Args, Debug)]
@@ -59,6 +61,14 @@ pub struct Args {
     /// Faults as JSON (the shape of POST /_sim/faults); flags above are ignored when given.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate (chain), e.g. one made for 127.0.0.1 by your
+    /// test CA: to try a CONNECT proxy or a private CA (`kpl put --ca-file`) against it. The
+    /// line on stdout then names `https://127.0.0.1:PORT`.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_stream(s: &str) -> Result<(String, u32), String> {
@@ -119,12 +129,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(SimTls::from_files(cert, key)?),
+        _ => None,
+    };
     let sim = Sim::start(SimConfig {
         port: args.port,
         streams: args.streams.clone(),
         enforce_limits: !args.no_limits,
         seed: args.seed,
         faults,
+        tls,
         ..Default::default()
     })
     .await?;

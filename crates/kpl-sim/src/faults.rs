@@ -97,6 +97,10 @@ pub struct SimStats {
     pub reshards: u64,
     /// Entries refused by the shard write limits (not faults).
     pub limit_throttled: u64,
+    /// TLS handshakes that failed or timed out (with [`SimConfig::tls`](crate::SimConfig::tls)):
+    /// a client that does not trust the certificate, or that speaks plain HTTP.
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
 }
 
 /// What to do with one request.

@@ -409,13 +409,17 @@ pub(crate) struct FaultListener {
 }
 
 /// A connection that breaks while the endpoint is down: an outage kills live connections too,
-/// not only new ones (clients keep theirs alive).
-pub(crate) struct FaultStream {
-    inner: TcpStream,
+/// not only new ones (clients keep theirs alive). `S` is the TCP stream, or TLS over it.
+pub(crate) struct FaultStream<S = TcpStream> {
+    inner: S,
     shared: Arc<Shared>,
 }
 
-impl FaultStream {
+impl<S> FaultStream<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        FaultStream { inner, shared }
+    }
+
     fn check(&self) -> std::io::Result<()> {
         if self.shared.lock().is_down() {
             Err(std::io::Error::new(
@@ -428,7 +432,7 @@ impl FaultStream {
     }
 }
 
-impl tokio::io::AsyncRead for FaultStream {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FaultStream<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -441,7 +445,7 @@ impl tokio::io::AsyncRead for FaultStream {
     }
 }
 
-impl tokio::io::AsyncWrite for FaultStream {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FaultStream<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -468,33 +472,39 @@ impl tokio::io::AsyncWrite for FaultStream {
     }
 }
 
+/// The next connection the fault layer lets in: those drawn for a reset (or arriving while
+/// the endpoint is down) are reset at once.
+pub(crate) async fn accept_admitted(
+    listener: &TcpListener,
+    shared: &Shared,
+) -> (TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if shared.lock().drop_connection() {
+                    // Reset rather than close politely: the client sees the connection die.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                return (stream, addr);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kpl sim: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 impl axum::serve::Listener for FaultListener {
     type Io = FaultStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    if self.shared.lock().drop_connection() {
-                        // Reset rather than close politely: the client sees the connection die.
-                        let _ = stream.set_zero_linger();
-                        drop(stream);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let stream = FaultStream {
-                        inner: stream,
-                        shared: self.shared.clone(),
-                    };
-                    return (stream, addr);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "kpl sim: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
+        let (stream, addr) = accept_admitted(&self.inner, &self.shared).await;
+        (FaultStream::new(stream, self.shared.clone()), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {

@@ -70,8 +70,10 @@ use kpl::hash::HashKey;
 pub mod faults;
 mod layer;
 mod limits;
+mod tls;
 
 pub use faults::{EntryFault, Faults, RequestFault, Reshard, SimStats};
+pub use tls::SimTls;
 
 /// How to run the simulator.
 #[derive(Clone, Debug)]
@@ -96,6 +98,12 @@ pub struct SimConfig {
     /// producer it measures on the same cores. Sizes, shard limits and faults see the real
     /// data; a request the store would refuse for its size is passed on whole. Default off.
     pub discard_data: bool,
+    /// Serve HTTPS with this certificate ([`SimHandle::endpoint`] is then
+    /// `https://127.0.0.1:PORT`), to try a CONNECT proxy or a private CA in front of it.
+    /// The simulator's own client ([`SimHandle::client`], scheduled reshards) talks to a
+    /// plain-HTTP listener on another free loopback port behind the same fault layer, so it
+    /// needs no trust. Default `None`: plain HTTP.
+    pub tls: Option<SimTls>,
 }
 
 impl Default for SimConfig {
@@ -108,6 +116,7 @@ impl Default for SimConfig {
             seed: 0,
             faults: Faults::default(),
             discard_data: false,
+            tls: None,
         }
     }
 }
@@ -142,6 +151,12 @@ pub enum SimError {
         /// What the store said.
         message: String,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("cannot serve HTTPS: {reason}; give a PEM certificate (chain) and its PEM private key")]
+    Tls {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The simulator entry point.
@@ -151,8 +166,8 @@ pub struct Sim;
 pub struct SimHandle {
     endpoint: String,
     shared: Arc<layer::Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     client: SdkKinesis,
 }
 
@@ -173,20 +188,21 @@ impl Sim {
         for (name, shards) in &config.streams {
             create_in_store(&store, name, *shards).await?;
         }
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
-            .await
-            .map_err(|source| SimError::Bind {
-                port: config.port,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| SimError::Bind {
-            port: config.port,
-            source,
-        })?;
-        let endpoint = format!("http://{addr}");
+        let acceptor = config.tls.as_ref().map(SimTls::acceptor).transpose()?;
+        let listener = bind(config.port).await?;
+        // With TLS, the simulator's own client gets a plain listener of its own.
+        let (public, internal) = match acceptor {
+            Some(acceptor) => (Some((listener, acceptor)), bind(0).await?),
+            None => (None, listener),
+        };
+        let internal_endpoint = format!("http://{}", local_addr(&internal, 0)?);
+        let endpoint = match &public {
+            Some((listener, _)) => format!("https://{}", local_addr(listener, config.port)?),
+            None => internal_endpoint.clone(),
+        };
         let shared = Arc::new(layer::Shared {
             state: Mutex::new(faults::FaultState::new(Faults::default(), config.seed)),
-            endpoint: endpoint.clone(),
+            endpoint: internal_endpoint.clone(),
             store,
             limits: config
                 .enforce_limits
@@ -194,21 +210,29 @@ impl Sim {
             discard_data: config.discard_data,
         });
         let app = layer::router(kinesis, shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listener = layer::FaultListener {
-            inner: listener,
-            shared: shared.clone(),
-        };
-        let task = tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "kpl sim stopped");
-            }
-        });
+        let (mut stop, mut tasks) = (Vec::new(), Vec::new());
+        let (sender, task) = serve(
+            layer::FaultListener {
+                inner: internal,
+                shared: shared.clone(),
+            },
+            app.clone(),
+        );
+        stop.push(sender);
+        tasks.push(task);
+        if let Some((listener, acceptor)) = public {
+            let listener = tls::TlsFaultListener::new(listener, shared.clone(), acceptor).map_err(
+                |source| SimError::Bind {
+                    port: config.port,
+                    source,
+                },
+            )?;
+            let (sender, task) = serve(listener, app);
+            stop.push(sender);
+            tasks.push(task);
+        }
         let client = SdkKinesis::connect(ConnectOptions {
-            endpoint_url: Some(endpoint.clone()),
+            endpoint_url: Some(internal_endpoint),
             region: Some("us-east-1".into()),
             attempt_timeout: Some(Duration::from_secs(10)),
             ..Default::default()
@@ -218,11 +242,44 @@ impl Sim {
         Ok(SimHandle {
             endpoint,
             shared,
-            stop: Some(stop),
-            task: Some(task),
+            stop,
+            tasks,
             client,
         })
     }
+}
+
+async fn bind(port: u16) -> Result<tokio::net::TcpListener, SimError> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|source| SimError::Bind { port, source })
+}
+
+fn local_addr(
+    listener: &tokio::net::TcpListener,
+    port: u16,
+) -> Result<std::net::SocketAddr, SimError> {
+    listener
+        .local_addr()
+        .map_err(|source| SimError::Bind { port, source })
+}
+
+/// Serves `app` on `listener` until the returned sender fires (or is dropped).
+fn serve<L>(listener: L, app: axum::Router) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "kpl sim stopped");
+        }
+    });
+    (stop, task)
 }
 
 /// Creates a stream directly in the store (no HTTP, so neither the fault layer nor a listener
@@ -309,7 +366,7 @@ async fn reshard_now(client: &SdkKinesis, stream: &str, kind: &str) -> Result<()
 }
 
 impl SimHandle {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with [`SimConfig::tls`].
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -352,25 +409,24 @@ impl SimHandle {
     }
 
     async fn stop_now(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
     }
