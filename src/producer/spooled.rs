@@ -200,6 +200,19 @@ impl SpooledProducer {
         &self,
         records: Vec<UserRecord>,
     ) -> Result<std::ops::Range<SpoolId>, AppendError> {
+        self.append_batch_with_checkpoints(records, Vec::new())
+            .await
+    }
+
+    /// [`append_batch`](Self::append_batch) and, in the same write to the spool, the
+    /// checkpoints `(key, value)` (see [`Spool::append_batch_with_checkpoints`]): e.g. the
+    /// position in the input after these records, so a restart resumes there and neither
+    /// reads them again nor skips one.
+    pub async fn append_batch_with_checkpoints(
+        &self,
+        records: Vec<UserRecord>,
+        checkpoints: Vec<(String, Vec<u8>)>,
+    ) -> Result<std::ops::Range<SpoolId>, AppendError> {
         for (index, record) in records.iter().enumerate() {
             if self.inner.closed.load(Ordering::SeqCst) {
                 return Err(AppendError::Refused {
@@ -217,7 +230,12 @@ impl SpooledProducer {
         // Counted before the append, so an outcome never arrives before its count.
         progress.unresolved.fetch_add(n, Ordering::SeqCst);
         let batch = records.into_iter().map(|r| (r, None)).collect();
-        match self.inner.spool.append_batch(batch).await {
+        match self
+            .inner
+            .spool
+            .append_batch_with_checkpoints(batch, checkpoints)
+            .await
+        {
             Ok(ids) => Ok(ids),
             Err(e) => {
                 progress.unresolved.fetch_sub(n, Ordering::SeqCst);

@@ -36,6 +36,8 @@ pub(crate) enum Op {
     /// Answered with the first id given to the records (the others follow in order).
     Append {
         records: Vec<(UserRecord, Option<DedupId>)>,
+        /// Written right after the records, in the same buffered write.
+        checkpoints: Vec<(String, Vec<u8>)>,
         reply: oneshot::Sender<Result<u64, SpoolError>>,
     },
     Ack(Vec<u64>),
@@ -225,10 +227,19 @@ impl Writer {
 
     fn handle(&mut self, op: Op, replies: &mut Vec<Reply>) {
         match op {
-            Op::Append { records, reply } => {
+            Op::Append {
+                records,
+                checkpoints,
+                reply,
+            } => {
                 let r = match &self.stopped {
                     Some(why) => Err(SpoolError::Stopped(why.clone())),
-                    None => self.append(records),
+                    None => self.append(records).and_then(|first| {
+                        for (key, value) in checkpoints {
+                            self.checkpoint(key, value)?;
+                        }
+                        Ok(first)
+                    }),
                 };
                 if let Err(e) = &r
                     && !matches!(e, SpoolError::Stopped(_))
