@@ -1,0 +1,561 @@
+//! `kpl put --spool` as a user runs it, and as a crash meets it: the built binary is SIGKILLed
+//! at random moments and started again until it finishes, then the stream is read back.
+//! Against a `kpl sim` process with shard limits (one shard, no aggregation: a put of a few
+//! thousand lines takes seconds, so the kills land while lines are read, spooled and sent).
+//!
+//! The seed of the kill moments is `KPL_KILL_SEED` (default 19); a failure prints it.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kpl::dedup::Deduper;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn kpl_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kpl"))
+}
+
+fn seed() -> u64 {
+    std::env::var("KPL_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(19)
+}
+
+/// A `kpl sim --port 0` process, killed when dropped.
+struct Sim {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kpl_sim(stream: &str) -> Sim {
+    let mut child = Command::new(kpl_binary())
+        .args(["sim", "--port", "0", "--stream", &format!("{stream}:1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line.split(' ').nth(4).expect("an endpoint line").to_owned();
+    Sim { child, endpoint }
+}
+
+/// A scratch directory under the target dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("spool-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn lines(prefix: &str, n: usize) -> String {
+    (0..n).map(|i| format!("{prefix}-{i}\n")).collect()
+}
+
+/// `kpl put` on `sim`'s stream with `args`, stdin from `stdin` (or none), stderr collected.
+fn put(sim: &Sim, stream: &str, args: &[&str], stdin: Option<Vec<u8>>) -> Child {
+    let mut child = Command::new(kpl_binary())
+        .args(["put", "--stream", stream, "--endpoint-url", &sim.endpoint])
+        .args(["--no-aggregation", "--dedup-ids", "--quiet"])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    child
+}
+
+/// Waits for `child` at most `bound`: its exit code, or `None` if it was still running (then
+/// it is SIGKILLed, as the test meant to).
+fn wait_or_kill(child: &mut Child, bound: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+    }
+    text
+}
+
+/// What the stream holds: every line with how often, and the lines a Deduper keeps.
+struct ReadBack {
+    counts: HashMap<String, usize>,
+    deduped: HashMap<String, usize>,
+    total: usize,
+}
+
+async fn read_back(sim: &Sim, stream: &str) -> ReadBack {
+    let records = common::read_all(&common::sdk(&sim.endpoint).await, stream).await;
+    let mut deduper = Deduper::new(1 << 20);
+    let mut counts = HashMap::new();
+    let mut deduped = HashMap::new();
+    for r in &records {
+        let line = String::from_utf8(r.record.data.to_vec()).unwrap();
+        *counts.entry(line.clone()).or_default() += 1;
+        if deduper.keep(&r.record) {
+            *deduped.entry(line).or_default() += 1;
+        }
+    }
+    ReadBack {
+        counts,
+        deduped,
+        total: records.len(),
+    }
+}
+
+/// Every line of `input` is in the stream; with the Deduper, exactly once.
+fn assert_every_line_once_after_dedup(input: &str, got: &ReadBack, context: &str) {
+    let expected: HashMap<String, usize> = input.lines().map(|l| (l.to_owned(), 1)).collect();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|l| !got.counts.contains_key(*l))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines lost ({context}), e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let extra: Vec<&String> = got
+        .counts
+        .keys()
+        .filter(|l| !expected.contains_key(*l))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "lines never written: {extra:?} ({context})"
+    );
+    assert_eq!(
+        got.deduped, expected,
+        "a Deduper leaves exactly the input's lines ({context})"
+    );
+}
+
+/// The kill loop: start the command, SIGKILL it after a random moment, `kills` times (or
+/// until it finishes by itself), then let it finish. `input` gives each run's stdin.
+/// Returns (runs killed mid-run, the last run's stderr).
+fn kill_loop(
+    kills: usize,
+    rng: &mut SmallRng,
+    bound: Duration,
+    mut start: impl FnMut() -> Child,
+) -> (usize, String) {
+    let started = Instant::now();
+    let mut killed = 0;
+    for _ in 0..kills {
+        let mut child = start();
+        let delay = Duration::from_millis(rng.random_range(20..900));
+        match wait_or_kill(&mut child, delay) {
+            None => killed += 1,
+            Some(0) => return (killed, stderr_of(&mut child)),
+            Some(code) => panic!("exit {code}: {}", stderr_of(&mut child)),
+        }
+        assert!(
+            started.elapsed() < bound,
+            "the kill loop ran past {bound:?}"
+        );
+    }
+    let mut child = start();
+    let code = wait_or_kill(&mut child, Duration::from_secs(40));
+    let text = stderr_of(&mut child);
+    assert_eq!(code, Some(0), "the last run finishes: {text}");
+    (killed, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_put_sigkilled_at_random_moments_ends_with_every_line_in_the_stream() {
+    let seed = seed();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sim = kpl_sim("kf");
+    let dir = Scratch::new("file");
+    let input = lines("f", 3000);
+    std::fs::write(dir.path("in.log"), &input).unwrap();
+    let (file, spool) = (dir.path("in.log"), dir.path("spool"));
+    let args = [
+        "--file",
+        file.to_str().unwrap(),
+        "--spool",
+        spool.to_str().unwrap(),
+        // A small spool: reading waits for Kinesis, so kills land while lines are read too.
+        "--spool-max-bytes",
+        "65536",
+    ];
+    let (killed, _) = kill_loop(12, &mut rng, Duration::from_secs(60), || {
+        put(&sim, "kf", &args, None)
+    });
+    let got = read_back(&sim, "kf").await;
+    eprintln!(
+        "seed {seed}: {killed} kills, {} records read back for {} lines ({} duplicates)",
+        got.total,
+        3000,
+        got.total - 3000.min(got.total)
+    );
+    assert!(
+        killed >= 3,
+        "seed {seed}: only {killed} runs were killed mid-run"
+    );
+    assert_every_line_once_after_dedup(&input, &got, &format!("seed {seed}"));
+    // Done means done: a run after the end sends nothing more.
+    let mut again = put(&sim, "kf", &args, None);
+    assert_eq!(wait_or_kill(&mut again, Duration::from_secs(30)), Some(0));
+    assert_eq!(read_back(&sim, "kf").await.total, got.total);
+}
+
+/// The `stdin` position the spool holds: bytes of stdin taken over every run.
+fn stdin_position(spool: &Path) -> u64 {
+    let opened = kpl::spool::Spool::open(spool, kpl::spool::SpoolConfig::default()).unwrap();
+    let position = opened
+        .checkpoint_value("stdin")
+        .map(|v| u64::from_le_bytes(v[8..16].try_into().unwrap()))
+        .unwrap_or(0);
+    drop(opened);
+    position
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_put_sigkilled_at_random_moments_keeps_every_line_the_spool_took() {
+    let seed = seed().wrapping_add(1);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sim = kpl_sim("ks");
+    let dir = Scratch::new("stdin");
+    let input = lines("s", 3000);
+    let spool = dir.path("spool");
+    let args = [
+        "--spool",
+        spool.to_str().unwrap(),
+        "--spool-max-bytes",
+        "65536",
+    ];
+    let mut resumed_at = Vec::new();
+    let (killed, _) = kill_loop(12, &mut rng, Duration::from_secs(60), || {
+        // Each run reads the input from where the spool says the runs before it stopped.
+        let from = if spool.exists() {
+            stdin_position(&spool)
+        } else {
+            0
+        };
+        resumed_at.push(from);
+        put(
+            &sim,
+            "ks",
+            &args,
+            Some(input.as_bytes()[from as usize..].to_vec()),
+        )
+    });
+    assert!(
+        killed >= 3,
+        "seed {seed}: only {killed} runs were killed mid-run"
+    );
+    assert!(
+        resumed_at
+            .iter()
+            .any(|&at| at > 0 && at < input.len() as u64),
+        "some run resumed mid-input: {resumed_at:?}"
+    );
+    assert!(
+        resumed_at
+            .iter()
+            .all(|&at| at == 0 || input.as_bytes()[at as usize - 1] == b'\n'),
+        "positions are line starts: {resumed_at:?}"
+    );
+    let got = read_back(&sim, "ks").await;
+    eprintln!(
+        "seed {seed}: {killed} kills, resumed at {resumed_at:?}, {} records for 3000 lines",
+        got.total
+    );
+    assert_every_line_once_after_dedup(&input, &got, &format!("seed {seed}"));
+}
+
+fn segments(spool: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_or_garbled_spool_tail_is_skipped_with_a_warning_and_the_rest_delivered() {
+    for (case, damage) in [("torn", 0usize), ("garbled", 1)] {
+        let sim = kpl_sim("kc");
+        let dir = Scratch::new(case);
+        let input = lines("c", 2000);
+        std::fs::write(dir.path("in.log"), &input).unwrap();
+        let (file, spool) = (dir.path("in.log"), dir.path("spool"));
+        let args = [
+            "--file",
+            file.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+        ];
+        // Killed while the spool holds most of the file.
+        let mut first = put(&sim, "kc", &args, None);
+        assert_eq!(wait_or_kill(&mut first, Duration::from_millis(400)), None);
+        let last = segments(&spool).pop().unwrap();
+        let mut bytes = std::fs::read(&last).unwrap();
+        assert!(bytes.len() > 4096, "{case}: the last segment holds records");
+        if damage == 0 {
+            bytes.truncate(bytes.len() - 5);
+        } else {
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x5a;
+        }
+        std::fs::write(&last, &bytes).unwrap();
+        let mut second = put(&sim, "kc", &args, None);
+        let code = wait_or_kill(&mut second, Duration::from_secs(40));
+        let text = stderr_of(&mut second);
+        assert_eq!(code, Some(0), "{case}: {text}");
+        assert!(text.contains("warning"), "{case}: warned: {text}");
+        assert!(!text.contains("panicked"), "{case}: {text}");
+        let got = read_back(&sim, "kc").await;
+        // Lines whose records were in the skipped part are read from the file again: the
+        // file's position in the spool never runs ahead of what the spool kept.
+        for line in input.lines() {
+            assert!(got.counts.contains_key(line), "{case}: {line} lost");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_blocks_reading_or_refuses_lines_to_failed_and_loses_none() {
+    let sim = kpl_sim("kb");
+    let dir = Scratch::new("full");
+    let input = lines("b", 2000);
+    std::fs::write(dir.path("in.log"), &input).unwrap();
+    let file = dir.path("in.log");
+    // Block (the default): reading waits for room; every line arrives.
+    let spool = dir.path("block");
+    let summary = dir.path("block.json");
+    let mut child = put(
+        &sim,
+        "kb",
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+            "--spool-max-bytes",
+            "16384",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        None,
+    );
+    let code = wait_or_kill(&mut child, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "{}", stderr_of(&mut child));
+    let got = read_back(&sim, "kb").await;
+    assert_every_line_once_after_dedup(&input, &got, "block");
+
+    // Refuse: lines the full spool does not take fail at once, to --failed; none is lost.
+    let sim = kpl_sim("kr");
+    let spool = dir.path("refuse");
+    let failed = dir.path("failed.txt");
+    let summary = dir.path("refuse.json");
+    let mut child = put(
+        &sim,
+        "kr",
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+            "--spool-max-bytes",
+            "16384",
+            "--spool-when-full",
+            "refuse",
+            "--failed",
+            failed.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        None,
+    );
+    let code = wait_or_kill(&mut child, Duration::from_secs(40));
+    assert_eq!(
+        code,
+        Some(1),
+        "some lines failed: {}",
+        stderr_of(&mut child)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let refused = s["failed_by_reason"]["SpoolFull"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{s:#}");
+    assert_eq!(s["failed_records"], refused, "{s:#}");
+    let failed_text = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(failed_text.lines().count() as u64, refused);
+    let got = read_back(&sim, "kr").await;
+    for line in input.lines() {
+        let stored = got.counts.contains_key(line);
+        let in_failed = failed_text.lines().any(|l| l == line);
+        assert!(
+            stored != in_failed,
+            "{line}: stored {stored}, in --failed {in_failed}"
+        );
+    }
+}
+
+/// Appends `text` to `path` (creating it).
+fn append(path: &Path, text: &str) {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+async fn wait_for_lines(sim: &Sim, stream: &str, n: usize) {
+    for _ in 0..600 {
+        if read_back(sim, stream).await.counts.len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} lines never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_file_through_rename_and_copy_truncate_rotations_loses_no_line_read() {
+    let sim = kpl_sim("kr2");
+    let dir = Scratch::new("follow");
+    let (file, spool) = (dir.path("app.log"), dir.path("spool"));
+    append(&file, &lines("a", 200));
+    let mut child: Child = put(
+        &sim,
+        "kr2",
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--follow",
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+        None,
+    );
+    // stderr as it comes: the truncate is noticed there.
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let stderr = stderr.clone();
+        let mut pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stderr
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    wait_for_lines(&sim, "kr2", 200).await;
+    // Rename rotation, with lines written to the old file after the rename: read before the
+    // new file's.
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::fs::rename(&file, dir.path("app.log.1")).unwrap();
+    old.write_all(lines("late", 50).as_bytes()).unwrap();
+    drop(old);
+    append(&file, &lines("b", 200));
+    wait_for_lines(&sim, "kr2", 450).await;
+    // Copy-and-truncate, once kpl has read everything (the documented loss window is the
+    // lines written between its last read and the truncate: none here).
+    std::fs::copy(&file, dir.path("app.log.2")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // Lines written before kpl sees the truncate would be read from its old offset (as with
+    // `tail -F`): write once it has.
+    for _ in 0..600 {
+        if stderr.lock().unwrap().contains("truncated") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stderr.lock().unwrap().contains("truncated"),
+        "the truncate was noticed"
+    );
+    append(&file, &lines("c", 200));
+    wait_for_lines(&sim, "kr2", 650).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let code = wait_or_kill(&mut child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", stderr.lock().unwrap());
+    let got = read_back(&sim, "kr2").await;
+    let all = format!(
+        "{}{}{}{}",
+        lines("a", 200),
+        lines("late", 50),
+        lines("b", 200),
+        lines("c", 200)
+    );
+    assert_every_line_once_after_dedup(&all, &got, "follow");
+}
