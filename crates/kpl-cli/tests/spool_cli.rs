@@ -559,3 +559,208 @@ async fn following_a_file_through_rename_and_copy_truncate_rotations_loses_no_li
     );
     assert_every_line_once_after_dedup(&all, &got, "follow");
 }
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// An in-process `kpl_sim::Sim` (for faults and stats) with one stream.
+async fn sim_in_process(stream: &str) -> (kpl_sim::SimHandle, Sim) {
+    let sim = kpl_sim::Sim::start(kpl_sim::SimConfig::default())
+        .await
+        .unwrap();
+    sim.create_stream(stream, 1).await.unwrap();
+    // `Sim` only names the endpoint here; its child is a placeholder that exits at once.
+    let child = Command::new("true").spawn().unwrap();
+    let endpoint = sim.endpoint().to_owned();
+    (sim, Sim { child, endpoint })
+}
+
+fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the summary was written")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_with_a_spool_exits_at_once_and_the_next_run_sends_what_it_left() {
+    let (handle, sim) = sim_in_process("k2").await;
+    handle.set_faults(kpl_sim::Faults {
+        stream: Some("k2".into()),
+        hang_probability: 1.0,
+        hang_ms: 60_000,
+        ..Default::default()
+    });
+    let dir = Scratch::new("sigint");
+    let (spool, failed, json) = (dir.path("spool"), dir.path("failed"), dir.path("s.json"));
+    let args = [
+        "--spool",
+        spool.to_str().unwrap(),
+        "--failed",
+        failed.to_str().unwrap(),
+        "--summary-json",
+        json.to_str().unwrap(),
+        "--request-timeout",
+        "50s",
+    ];
+    let input = lines("i", 50);
+    let mut child = put(&sim, "k2", &args, Some(input.clone().into_bytes()));
+    for _ in 0..400 {
+        if handle.stats().hangs >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handle.stats().hangs >= 1, "a PutRecords call hangs");
+    signal(&child, "INT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "INT");
+    // The calls hang for a minute: only the forced exit ends the run soon.
+    let code = wait_or_kill(&mut child, Duration::from_secs(20));
+    let text = stderr_of(&mut child);
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("stay in the spool"), "{text}");
+    let s = summary(&json);
+    assert_eq!(s["spool"]["left_in_spool"], 50, "{s:#}");
+    assert_eq!(s["failed_records"], 0, "{s:#}");
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap(),
+        "",
+        "nothing in --failed"
+    );
+    assert!(!spool.join("dead-letters.jsonl").exists());
+
+    handle.set_faults(kpl_sim::Faults::default());
+    let mut again = put(&sim, "k2", &args, Some(Vec::new()));
+    let code = wait_or_kill(&mut again, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "{}", stderr_of(&mut again));
+    let s = summary(&json);
+    assert_eq!(s["spool"]["recovered_records"], 50, "{s:#}");
+    assert_eq!(s["user_records_put"], 50, "{s:#}");
+    assert_eq!(s["spool"]["left_in_spool"], 0, "{s:#}");
+    assert_every_line_once_after_dedup(&input, &read_back(&sim, "k2").await, "resent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_failing_for_good_go_to_the_dead_letter_file_and_failed_with_their_reason() {
+    let (handle, sim) = sim_in_process("kd").await;
+    handle.set_faults(kpl_sim::Faults {
+        stream: Some("kd".into()),
+        entry_failures: vec![kpl_sim::EntryFault {
+            code: "InternalFailure".into(),
+            probability: 1.0,
+        }],
+        ..Default::default()
+    });
+    let dir = Scratch::new("dead");
+    let (spool, failed, json) = (dir.path("spool"), dir.path("failed"), dir.path("s.json"));
+    let input = lines("d", 10);
+    let mut child = put(
+        &sim,
+        "kd",
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--failed",
+            failed.to_str().unwrap(),
+            "--summary-json",
+            json.to_str().unwrap(),
+            "--max-attempts",
+            "2",
+        ],
+        Some(input.clone().into_bytes()),
+    );
+    let code = wait_or_kill(&mut child, Duration::from_secs(40));
+    assert_eq!(code, Some(1), "{}", stderr_of(&mut child));
+    let s = summary(&json);
+    assert_eq!(s["failed_by_reason"]["AttemptsExhausted"], 10, "{s:#}");
+    assert_eq!(s["spool"]["dead_letters"], 10, "{s:#}");
+    let mut in_failed: Vec<String> = std::fs::read_to_string(&failed)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    in_failed.sort();
+    let mut expected: Vec<String> = input.lines().map(str::to_owned).collect();
+    expected.sort();
+    assert_eq!(in_failed, expected);
+    let dead = std::fs::read_to_string(spool.join("dead-letters.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 10);
+    for line in dead.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["reason"].as_str().unwrap().contains("InternalFailure"),
+            "{line}"
+        );
+    }
+    // Resolved is resolved: a restart sends none of them again.
+    let mut again = put(
+        &sim,
+        "kd",
+        &["--spool", spool.to_str().unwrap()],
+        Some(Vec::new()),
+    );
+    assert_eq!(wait_or_kill(&mut again, Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(spool.join("dead-letters.jsonl")).unwrap(),
+        dead
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_without_a_spool_keep_stdin_s_promises_long_lines_and_signals() {
+    let (_handle, sim) = sim_in_process("kn").await;
+    let dir = Scratch::new("plain");
+    let (a, b, json) = (dir.path("a.log"), dir.path("b.log"), dir.path("s.json"));
+    std::fs::write(&a, lines("a", 100)).unwrap();
+    // A line longer than the largest record (10 MiB) between two short ones.
+    let mut text = lines("b", 50);
+    text.push_str(&"x".repeat(10 * 1024 * 1024 + 1));
+    text.push('\n');
+    text.push_str(&lines("bb", 50));
+    std::fs::write(&b, text).unwrap();
+    let mut child = put(
+        &sim,
+        "kn",
+        &[
+            "--file",
+            a.to_str().unwrap(),
+            "--file",
+            b.to_str().unwrap(),
+            "--summary-json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    );
+    let code = wait_or_kill(&mut child, Duration::from_secs(40));
+    let err = stderr_of(&mut child);
+    assert_eq!(code, Some(1), "a long line failed: {err}");
+    assert!(
+        err.contains("b.log") && err.contains("10485761 bytes"),
+        "{err}"
+    );
+    let s = summary(&json);
+    assert_eq!(s["lines_read"], 201, "{s:#}");
+    assert_eq!(s["failed_by_reason"]["LineTooLong"], 1, "{s:#}");
+    let all = format!("{}{}{}", lines("a", 100), lines("b", 50), lines("bb", 50));
+    assert_every_line_once_after_dedup(&all, &read_back(&sim, "kn").await, "two files");
+
+    // --follow: runs until a signal; SIGTERM sends what was read and exits 0.
+    let (_handle, sim) = sim_in_process("kt").await;
+    let mut child = put(
+        &sim,
+        "kt",
+        &["--file", a.to_str().unwrap(), "--follow"],
+        None,
+    );
+    wait_for_lines(&sim, "kt", 100).await;
+    append(&a, &lines("more", 20));
+    wait_for_lines(&sim, "kt", 120).await;
+    signal(&child, "TERM");
+    let code = wait_or_kill(&mut child, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{}", stderr_of(&mut child));
+    let all = format!("{}{}", lines("a", 100), lines("more", 20));
+    assert_every_line_once_after_dedup(&all, &read_back(&sim, "kt").await, "follow");
+}
