@@ -84,8 +84,31 @@ fn lines(prefix: &str, n: usize) -> String {
     (0..n).map(|i| format!("{prefix}-{i}\n")).collect()
 }
 
+/// A child process, SIGKILLed when dropped (a failing test leaves no `kpl put --follow` behind).
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `kpl put` on `sim`'s stream with `args`, stdin from `stdin` (or none), stderr collected.
-fn put(sim: &Sim, stream: &str, args: &[&str], stdin: Option<Vec<u8>>) -> Child {
+fn put(sim: &Sim, stream: &str, args: &[&str], stdin: Option<Vec<u8>>) -> Proc {
     let mut child = Command::new(kpl_binary())
         .args(["put", "--stream", stream, "--endpoint-url", &sim.endpoint])
         .args(["--no-aggregation", "--dedup-ids", "--quiet"])
@@ -105,7 +128,7 @@ fn put(sim: &Sim, stream: &str, args: &[&str], stdin: Option<Vec<u8>>) -> Child 
             let _ = pipe.write_all(&data);
         });
     }
-    child
+    Proc(child)
 }
 
 /// Waits for `child` at most `bound`: its exit code, or `None` if it was still running (then
@@ -179,9 +202,14 @@ fn assert_every_line_once_after_dedup(input: &str, got: &ReadBack, context: &str
         extra.is_empty(),
         "lines never written: {extra:?} ({context})"
     );
-    assert_eq!(
-        got.deduped, expected,
-        "a Deduper leaves exactly the input's lines ({context})"
+    let not_once: Vec<(&String, &usize)> = got.deduped.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        not_once.is_empty() && got.deduped.len() == expected.len(),
+        "a Deduper leaves exactly the input's lines ({context}): {} lines kept more than once, e.g. {:?}; {} kept of {}",
+        not_once.len(),
+        &not_once[..not_once.len().min(5)],
+        got.deduped.len(),
+        expected.len()
     );
 }
 
@@ -192,7 +220,7 @@ fn kill_loop(
     kills: usize,
     rng: &mut SmallRng,
     bound: Duration,
-    mut start: impl FnMut() -> Child,
+    mut start: impl FnMut() -> Proc,
 ) -> (usize, String) {
     let started = Instant::now();
     let mut killed = 0;
@@ -477,7 +505,7 @@ async fn following_a_file_through_rename_and_copy_truncate_rotations_loses_no_li
     let dir = Scratch::new("follow");
     let (file, spool) = (dir.path("app.log"), dir.path("spool"));
     append(&file, &lines("a", 200));
-    let mut child: Child = put(
+    let mut child = put(
         &sim,
         "kr2",
         &[
