@@ -1,4 +1,5 @@
-//! `kpl put --stream NAME`: every stdin line becomes one user record.
+//! `kpl put --stream NAME`: every line of stdin (or of the `--file`s, see [`crate::input`])
+//! becomes one user record. With `--spool DIR`, [`crate::put_spool`] runs instead.
 //!
 //! Lines are bytes: invalid UTF-8 is data. The trailing `\n` (and a `\r` before it) is removed;
 //! empty lines are skipped and counted (Kinesis gains nothing from an empty record and log
@@ -37,13 +38,17 @@ use crate::source::{Checkpoint, FileSource, FileSourceConfig};
 Every line read is stored or written to --failed, and counted in the summary, however the run \
 ends. At the end of input the last records are sent at once. SIGINT or SIGTERM stops reading \
 at once and sends what was read; a second one exits at once and writes every line not yet \
-stored to --failed (their calls may have been in flight: they may be in the stream too). A \
+stored to --failed (their calls may have been in flight: they may be in the stream too); with \
+--spool it leaves them in the spool instead, for the next run (lines of a --file not yet \
+spooled stay in the file). With --spool, --record-ttl does not apply: records wait in the \
+spool until Kinesis takes them or they fail for good (then in DIR/dead-letters.jsonl). A \
 line longer than the largest record (10 MiB) is skipped as it is read and reported (line \
 number and length, on stderr and in the summary): it cannot be copied to --failed.
 
 Exit status, first match wins: 2 a fatal configuration, stream or credential error (also \
 mid-run); 130 (SIGINT) or 143 (SIGTERM) a signal stopped the run and some lines read were not \
-stored; 1 some lines failed; 0 every line read was stored, signal or not.")]
+stored (records left in the spool count as not stored); 1 some lines failed; 0 every line \
+read was stored, signal or not.")]
 pub struct Args {
     /// Stream name or ARN.
     #[arg(long)]
