@@ -679,3 +679,29 @@ async fn an_append_with_checkpoints_stores_them_after_its_records_in_one_write()
         assert!(records >= 3 && (cut < len || records == 6), "cut at {cut}");
     }
 }
+
+/// A batch that fits a segment starts a new one rather than straddling two: the rotation
+/// between them (syncs, a new file) would leave a crash window in which its first records
+/// are kept without the checkpoint that covers them.
+#[tokio::test]
+async fn a_batch_with_checkpoints_that_fits_a_segment_is_not_split_across_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), small(4096, 1 << 20)).unwrap();
+    spool.append(record(0, 3000), None).await.unwrap();
+    let batch = (1..11).map(|i| (record(i, 100), None)).collect();
+    let ids = spool
+        .append_batch_with_checkpoints(batch, vec![("src".into(), b"11".to_vec())])
+        .await
+        .unwrap();
+    drop(spool);
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let second: u64 = files[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(second, ids.start.0, "the batch starts the second segment");
+}

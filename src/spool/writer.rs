@@ -234,7 +234,7 @@ impl Writer {
             } => {
                 let r = match &self.stopped {
                     Some(why) => Err(SpoolError::Stopped(why.clone())),
-                    None => self.append(records).and_then(|first| {
+                    None => self.append(records, &checkpoints).and_then(|first| {
                         for (key, value) in checkpoints {
                             self.checkpoint(key, value)?;
                         }
@@ -266,8 +266,32 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, records: Vec<(UserRecord, Option<DedupId>)>) -> Result<u64, SpoolError> {
+    fn append(
+        &mut self,
+        records: Vec<(UserRecord, Option<DedupId>)>,
+        checkpoints: &[(String, Vec<u8>)],
+    ) -> Result<u64, SpoolError> {
         let first = self.next_id;
+        // A batch that fits a segment is not split across two: a rotation (sync, new file,
+        // directory sync) between its records and its checkpoints would be a window of
+        // milliseconds in which a crash keeps the first records without the checkpoint that
+        // covers them.
+        let batch_bytes: u64 = records
+            .iter()
+            .map(|(r, d)| segment::record_frame_bytes(r, *d))
+            .chain(
+                checkpoints
+                    .iter()
+                    .map(|(k, v)| FRAME_HEADER_BYTES + 3 + k.len() as u64 + v.len() as u64),
+            )
+            .sum();
+        let has_records = self.shared.lock().segments[&self.active.first].count > 0;
+        if has_records
+            && self.active.len + batch_bytes > self.config.segment_bytes
+            && batch_bytes <= self.config.segment_bytes
+        {
+            self.rotate()?;
+        }
         for (record, dedup_id) in records {
             let frame_bytes = segment::record_frame_bytes(&record, dedup_id);
             let has_records = self.shared.lock().segments[&self.active.first].count > 0;
