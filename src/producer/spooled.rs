@@ -152,7 +152,10 @@ impl SpooledProducer {
         } else {
             None
         };
+        // Expiry is the spool's: neither the TTL nor the attempt count ends a record that a
+        // retry may still store (an outage of any length); only a fatal answer does.
         config.record_ttl = Duration::from_secs(MAX_RECORD_TTL_SECS);
+        config.max_attempts = u32::MAX;
         let max_records = config.max_outstanding_records.min(FEED_BATCH_RECORDS);
         let max_bytes = config.max_outstanding_bytes.min(FEED_BATCH_BYTES);
         let producer = Producer::with_dedup_producer(api, stream, config, dedup_producer).await?;
@@ -245,7 +248,8 @@ impl SpooledProducer {
         })
     }
 
-    /// Records in the spool not yet stored or failed for good.
+    /// Records in the spool not yet stored or failed for good, counting those of an append
+    /// still under way (waiting for room, say) from the moment it was called.
     pub fn unresolved(&self) -> u64 {
         self.inner.progress.unresolved.load(Ordering::SeqCst)
     }
@@ -313,24 +317,40 @@ impl Feeder {
     async fn run(self, max_records: usize, max_bytes: usize, mut stop: watch::Receiver<bool>) {
         let mut reader = self.spool.reader(max_records, max_bytes);
         let mut pending = JoinSet::new();
-        'feed: loop {
+        // Told to stop (shutdown, abort, or the last handle dropped), or ended on its own.
+        let stopped = loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = stop.changed() => break true,
                 Some(_) = pending.join_next(), if !pending.is_empty() => {}
                 batch = reader.recv() => match batch {
-                    None => break,
+                    None => break false,
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "cannot read the spool back; records stay in it for the next run");
-                        break;
+                        break false;
                     }
                     Some(Ok(entries)) => {
-                        if !self.feed(entries, &mut pending).await {
-                            break 'feed;
+                        // Waiting for buffer room must not outlast a stop.
+                        let fed = tokio::select! {
+                            biased;
+                            _ = stop.changed() => None,
+                            fed = self.feed(entries, &mut pending) => Some(fed),
+                        };
+                        match fed {
+                            None => break true,
+                            Some(false) => break false,
+                            Some(true) => {}
                         }
                     }
                 },
             }
+        };
+        if stopped {
+            // After a shutdown nothing is left to abort; after `abort` it is done already;
+            // when the last handle was dropped without either, what the producer holds fails
+            // with `Aborted` and stays in the spool for the next process (as after a crash)
+            // instead of waiting out its TTL in a producer nobody can reach.
+            self.producer.abort().await;
         }
         // Outcomes of what was handed over still arrive (all at once after an abort).
         while pending.join_next().await.is_some() {}
