@@ -649,8 +649,25 @@ fn last_segment(dir: &Path) -> std::path::PathBuf {
     segments.pop().expect("a segment with records")
 }
 
+#[derive(Clone, Copy)]
+enum Damage {
+    /// The last frame a few bytes short (a crash mid-write).
+    Torn,
+    /// A flipped byte in the last frame's data (its CRC no longer matches).
+    Corrupt,
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_torn_tail_found_at_reopen_is_reported_and_the_rest_is_delivered() {
+    damaged_tail_is_skipped(Damage::Torn).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_tail_found_at_reopen_is_reported_and_the_rest_is_delivered() {
+    damaged_tail_is_skipped(Damage::Corrupt).await;
+}
+
+async fn damaged_tail_is_skipped(damage: Damage) {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(MemoryKinesis::new(2));
     // A first process spools 100 records and dies before sending any.
@@ -659,15 +676,15 @@ async fn a_torn_tail_found_at_reopen_is_reported_and_the_rest_is_delivered() {
     let appended = append_all(&run.producer, (0..100).map(|i| record(i, 10))).await;
     run.producer.abort().await;
     assert!(finish(run).await.is_empty());
-    // Its last frame is torn: a few bytes short.
+    // Its last frame is damaged.
     let segment = last_segment(dir.path());
-    let len = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let len = bytes.len();
+    match damage {
+        Damage::Torn => bytes.truncate(len - 5),
+        Damage::Corrupt => bytes[len - 3] ^= 0x40,
+    }
+    std::fs::write(&segment, bytes).unwrap();
 
     fake.clear_plan();
     let run = start(&fake, dir.path(), config(), spool_config()).await;
@@ -678,7 +695,7 @@ async fn a_torn_tail_found_at_reopen_is_reported_and_the_rest_is_delivered() {
     run.producer.shutdown().await.unwrap();
     let deliveries = finish(run).await;
     let ids = ids_once(&deliveries);
-    assert_eq!(ids, (0..99).collect(), "all but the torn last one");
+    assert_eq!(ids, (0..99).collect(), "all but the damaged last one");
     check_deliveries(&deliveries, &appended, &fake, dir.path());
 }
 
@@ -814,4 +831,53 @@ async fn strict_ordering_keeps_each_keys_order_under_throttling() {
             .push(r.data.to_vec());
     }
     assert_eq!(per_key, expected, "each key stored once, in append order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spooled_record_the_next_producer_refuses_is_reported_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(MemoryKinesis::new(2));
+    fake.set_plan(|_| Plan::Hang);
+    // Spooled under a 1 MiB record limit: small records and 60 KB ones.
+    let run = start(&fake, dir.path(), config(), spool_config()).await;
+    let records: Vec<UserRecord> = (0..20)
+        .map(|i| {
+            let mut r = record(i, 4);
+            if i % 5 == 0 {
+                r.data = vec![b'z'; 60_000].into();
+            }
+            r
+        })
+        .collect();
+    let appended = append_all(&run.producer, records).await;
+    run.producer.abort().await;
+    assert!(finish(run).await.is_empty());
+
+    // The next process allows 55 000 bytes: the large ones can never be sent.
+    fake.clear_plan();
+    let run = start(
+        &fake,
+        dir.path(),
+        ProducerConfig {
+            max_record_bytes: Some(55_000),
+            ..config()
+        },
+        spool_config(),
+    )
+    .await;
+    run.producer.shutdown().await.unwrap();
+    let deliveries = finish(run).await;
+    assert_eq!(
+        ids_once(&deliveries),
+        (0..20).collect(),
+        "each reported once"
+    );
+    let failed: BTreeSet<u64> = deliveries
+        .iter()
+        .filter(|d| d.result.is_err())
+        .map(|d| d.id.0)
+        .collect();
+    assert_eq!(failed, [0, 5, 10, 15].into_iter().collect());
+    check_deliveries(&deliveries, &appended, &fake, dir.path());
+    assert_eq!(dead_letters(dir.path()).len(), 4);
 }

@@ -33,7 +33,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::client::KinesisApi;
 use crate::dedup::DedupId;
 use crate::producer::config::MAX_RECORD_TTL_SECS;
-use crate::producer::error::{FailureReason, ProducerError, SendErrorReason};
+use crate::producer::error::{FailureReason, ProducerError, RecordFailure, SendErrorReason};
 use crate::producer::record::{BatchFuture, RecordResult};
 use crate::producer::{FlushError, Producer, ProducerConfig};
 use crate::record::UserRecord;
@@ -378,6 +378,7 @@ impl Feeder {
             Err(e) => {
                 // A record the producer refuses (limits changed since an earlier process
                 // spooled it) or a batch too large: one at a time, refused ones dead-lettered.
+                let mut refused = Vec::new();
                 for ((id, seq), record) in ids.into_iter().zip(seqs).zip(e.records) {
                     match self
                         .producer
@@ -395,10 +396,23 @@ impl Feeder {
                             return false;
                         }
                         Err(e) => {
-                            self.spool.fail(id, e.reason.to_string());
-                            self.resolved(1);
+                            let failure = RecordFailure {
+                                reason: FailureReason::Refused { reason: e.reason },
+                                attempts: Vec::new(),
+                                record: e.records.into_iter().next(),
+                            };
+                            self.spool.fail(id, failure.to_string());
+                            refused.push(Delivery {
+                                id,
+                                result: Err(failure),
+                            });
                         }
                     }
+                }
+                let n = refused.len() as u64;
+                if n > 0 {
+                    let _ = self.reports.send(refused).await;
+                    self.resolved(n);
                 }
                 true
             }
