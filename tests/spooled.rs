@@ -881,3 +881,70 @@ async fn a_spooled_record_the_next_producer_refuses_is_reported_and_dead_lettere
     check_deliveries(&deliveries, &appended, &fake, dir.path());
     assert_eq!(dead_letters(dir.path()).len(), 4);
 }
+
+#[tokio::test]
+async fn a_config_naming_a_spool_connects_a_spooled_producer_and_is_refused_by_producer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = kpl_sim::Sim::start(kpl_sim::SimConfig {
+        streams: vec![("spooled".into(), 2)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = ProducerConfig {
+        spool: Some(kpl::producer::SpoolSettings::new(dir.path())),
+        ..ProducerConfig::default()
+    };
+    let options = || kpl::producer::ConnectOptions {
+        endpoint_url: Some(sim.endpoint().to_string()),
+        ..Default::default()
+    };
+    // Producer keeps records in memory: it says to use SpooledProducer.
+    let err = kpl::producer::Producer::new(sim.api(), "spooled", config.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("SpooledProducer::connect"),
+        "{err}"
+    );
+    let err = kpl::producer::Producer::connect("spooled", options(), config.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("SpooledProducer::connect"),
+        "{err}"
+    );
+    // And SpooledProducer::connect needs one.
+    let err = SpooledProducer::connect("spooled", options(), ProducerConfig::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spool"), "{err}");
+    // An invalid spool is refused like any other field.
+    let mut bad = config.clone();
+    bad.spool.as_mut().unwrap().config.max_bytes = 1;
+    let err = SpooledProducer::connect("spooled", options(), bad)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("invalid producer setting spool"),
+        "{err}"
+    );
+
+    let (producer, rx) = SpooledProducer::connect("spooled", options(), config)
+        .await
+        .expect("connects");
+    let run = Run {
+        producer,
+        reports: collect(rx),
+    };
+    let ids = run
+        .producer
+        .append_batch((0..50).map(|i| record(i, 5)).collect())
+        .await
+        .unwrap();
+    run.producer.shutdown().await.unwrap();
+    let deliveries = finish(run).await;
+    assert_eq!(ids_once(&deliveries), (ids.start.0..ids.end.0).collect());
+    assert!(deliveries.iter().all(|d| d.result.is_ok()));
+    sim.shutdown().await;
+}

@@ -35,7 +35,7 @@ use crate::dedup::DedupId;
 use crate::producer::config::MAX_RECORD_TTL_SECS;
 use crate::producer::error::{FailureReason, ProducerError, RecordFailure, SendErrorReason};
 use crate::producer::record::{BatchFuture, RecordResult};
-use crate::producer::{FlushError, Producer, ProducerConfig};
+use crate::producer::{ConfigError, ConnectOptions, FlushError, Producer, ProducerConfig};
 use crate::record::UserRecord;
 use crate::spool::{Spool, SpoolConfig, SpoolEntry, SpoolError, SpoolId};
 
@@ -123,6 +123,7 @@ impl SpooledProducer {
     /// task that feeds it from the spool, oldest record first (those an earlier process left,
     /// then what [`append`](Self::append) adds). Returns the delivery reports' receiver: read
     /// it (or drop it) — outcomes wait while it is full, and with them the buffer room.
+    /// `config.spool` is ignored: the spool is `dir` with `spool_config`.
     pub async fn new(
         api: Arc<dyn KinesisApi>,
         stream: &str,
@@ -130,6 +131,9 @@ impl SpooledProducer {
         dir: impl Into<PathBuf>,
         spool_config: SpoolConfig,
     ) -> Result<(SpooledProducer, mpsc::Receiver<Vec<Delivery>>), SpooledProducerError> {
+        // The spool is the one given here; the inner producer keeps records in memory.
+        config.spool = None;
+        config.validate().map_err(ProducerError::from)?;
         let dir = dir.into();
         let spool = tokio::task::spawn_blocking(move || Spool::open(dir, spool_config))
             .await
@@ -189,6 +193,56 @@ impl SpooledProducer {
             },
             rx,
         ))
+    }
+
+    /// A spooled producer for `stream` on the spool [`ProducerConfig::spool`] names, connected
+    /// as [`Producer::connect`] connects (endpoint, credentials and region found as the AWS
+    /// CLI finds them). A config without a spool is refused with a [`ConfigError`] naming the
+    /// `spool` field.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use kpl::UserRecord;
+    /// use kpl::producer::{ConnectOptions, ProducerConfig, SpoolSettings, SpooledProducer};
+    /// let config = ProducerConfig {
+    ///     spool: Some(SpoolSettings::new("/var/spool/kpl")),
+    ///     ..ProducerConfig::default()
+    /// };
+    /// let (producer, mut reports) =
+    ///     SpooledProducer::connect("my-stream", ConnectOptions::default(), config).await?;
+    /// tokio::spawn(async move {
+    ///     while let Some(batch) = reports.recv().await {
+    ///         for delivery in batch {
+    ///             if let Err(failure) = delivery.result {
+    ///                 eprintln!("record {} is a dead letter: {failure}", delivery.id);
+    ///             }
+    ///         }
+    ///     }
+    /// });
+    /// producer.append(UserRecord::new("user-42", "hello")).await?; // on disk now
+    /// producer.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        stream: &str,
+        options: ConnectOptions,
+        config: ProducerConfig,
+    ) -> Result<(SpooledProducer, mpsc::Receiver<Vec<Delivery>>), SpooledProducerError> {
+        config.validate().map_err(ProducerError::from)?;
+        let Some(spool) = config.spool.clone() else {
+            return Err(ProducerError::from(ConfigError {
+                field: "spool",
+                value: "None".into(),
+                requirement: "SpooledProducer::connect needs a spool directory: set spool to Some(SpoolSettings::new(DIR)), or use Producer::connect".into(),
+            })
+            .into());
+        };
+        let options = ConnectOptions {
+            attempt_timeout: options.attempt_timeout.or(Some(config.request_timeout)),
+            ..options
+        };
+        let api = crate::client::connect(options).await;
+        SpooledProducer::new(api, stream, config, spool.dir, spool.config).await
     }
 
     /// Validates `record` and stores it in the spool: accepted once this returns. Its outcome
