@@ -19,8 +19,23 @@
 //! record resent after a restart carries the id of its first sending and a
 //! [`Deduper`](crate::dedup::Deduper) drops the copy.
 //!
-//! Expiry is the spool's: the in-memory `record_ttl` is raised to its maximum (7 days), so
-//! records wait out an outage and the spool's size cap decides (block or refuse new ones).
+//! Expiry is the spool's: the in-memory `record_ttl` is raised to its maximum (7 days) and
+//! `max_attempts` is unlimited, so records wait out an outage and the spool's size cap decides
+//! (block or refuse new ones); only a fatal answer (or a record the producer refuses: one
+//! spooled under larger limits) fails a record for good.
+//!
+//! Stopping: [`shutdown`](SpooledProducer::shutdown) waits until the spool is empty;
+//! [`abort`](SpooledProducer::abort), and dropping the last handle without either, give up at
+//! once and leave what is unresolved in the spool for the next process, as a crash would (after
+//! a drop the directory is unlocked once the feeder task has stopped, moments later).
+//!
+//! # `ProducerConfig::spool` and `Producer`
+//!
+//! [`ProducerConfig::spool`] names a spool for [`SpooledProducer::connect`].
+//! [`Producer::new`] and [`Producer::connect`] refuse a config that names one, with an error
+//! that says to use `SpooledProducer`: their per-record futures live in memory, and a future
+//! per record is exactly what lets memory grow with the backlog, so a spooled record's outcome
+//! is a [`Delivery`] report instead (one pipeline: this module feeds a plain `Producer`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -328,8 +343,8 @@ impl SpooledProducer {
         self.inner.spool.sync().await
     }
 
-    /// Stops taking records, waits for everything in the spool to resolve ([`flush`]
-    /// (Self::flush)), stops the producer and the feeder, and syncs the spool. The spool
+    /// Stops taking records, waits for everything in the spool to resolve
+    /// ([`flush`](Self::flush)), stops the producer and the feeder, and syncs the spool. The spool
     /// directory is closed (unlocked) once the last clone of this handle is dropped.
     pub async fn shutdown(&self) -> Result<(), FlushError> {
         self.inner.closed.store(true, Ordering::SeqCst);
