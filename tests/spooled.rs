@@ -948,3 +948,65 @@ async fn a_config_naming_a_spool_connects_a_spooled_producer_and_is_refused_by_p
     assert!(deliveries.iter().all(|d| d.result.is_ok()));
     sim.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_appenders_under_lost_and_cut_short_answers_get_one_delivery_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(MemoryKinesis::new(4));
+    let mut n = 0u64;
+    fake.set_plan(move |call| {
+        n += 1;
+        match n % 7 {
+            1 => Plan::StoreThenError(ApiError::connection("reset after storing")),
+            3 => Plan::Truncate(call.entries.len() / 2),
+            5 => Plan::Error(ApiError::service("InternalFailure", Some(500), "oops")),
+            _ => Plan::Store,
+        }
+    });
+    let run = start(
+        &fake,
+        dir.path(),
+        ProducerConfig {
+            dedup_ids: true,
+            aggregation_max_count: 8,
+            collection_max_count: 10,
+            max_outstanding_records: 64,
+            ..config()
+        },
+        spool_config(),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let producer = run.producer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut appended = HashMap::new();
+            for i in 0..100 {
+                let r = record(t * 1000 + i, 13);
+                if i % 10 == 0 {
+                    let batch: Vec<UserRecord> = (0..5)
+                        .map(|j| record(t * 1000 + 500 + i * 5 + j, 13))
+                        .collect();
+                    let ids = producer.append_batch(batch.clone()).await.unwrap();
+                    appended.extend((ids.start.0..ids.end.0).zip(batch));
+                }
+                appended.insert(producer.append(r.clone()).await.unwrap().0, r);
+            }
+            appended
+        }));
+    }
+    let mut appended = HashMap::new();
+    for t in tasks {
+        appended.extend(t.await.unwrap());
+    }
+    assert_eq!(appended.len(), 8 * 150);
+    run.producer.shutdown().await.unwrap();
+    let deliveries = finish(run).await;
+    assert_eq!(ids_once(&deliveries), appended.keys().copied().collect());
+    assert!(deliveries.iter().all(|d| d.result.is_ok()));
+    check_deliveries(&deliveries, &appended, &fake, dir.path());
+    let mut deduper = Deduper::new(100_000);
+    let stored = read_back(&fake.stored());
+    let kept = stored.iter().filter(|(_, u)| deduper.keep(u)).count();
+    assert_eq!(kept, appended.len(), "after dedup: each record once");
+}
