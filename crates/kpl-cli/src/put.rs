@@ -40,7 +40,7 @@ ends. At the end of input the last records are sent at once. SIGINT or SIGTERM s
 at once and sends what was read; a second one exits at once and writes every line not yet \
 stored to --failed (their calls may have been in flight: they may be in the stream too); with \
 --spool it leaves them in the spool instead, for the next run (lines of a --file not yet \
-spooled stay in the file). With --spool, --record-ttl does not apply: records wait in the \
+spooled stay in the file). With --spool, --record-ttl and --max-attempts do not apply: records wait in the \
 spool until Kinesis takes them or they fail for good (then in DIR/dead-letters.jsonl). A \
 line longer than the largest record (10 MiB) is skipped as it is read and reported (line \
 number and length, on stderr and in the summary): it cannot be copied to --failed.
