@@ -268,6 +268,7 @@ fn draw_config(rng: &mut SmallRng, seed: u64, families: &BTreeSet<Fault>) -> Pro
         dedup_ids: rng.random_bool(0.5),
         strict_ordering: rng.random_bool(0.4),
         rng_seed: Some(seed),
+        spool: None,
     };
     if families.contains(&Fault::HugeDurations) && rng.random_bool(0.3) {
         let huge = pick(

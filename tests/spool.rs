@@ -628,3 +628,80 @@ async fn a_torn_ack_file_keeps_its_whole_acks_and_takes_new_ones_after_them() {
     assert!(spool.recovery().problems.is_empty());
     assert_eq!(ids(&read_all(&spool)), [1, 3]);
 }
+
+/// Records and the checkpoint that covers them go in one operation: once the append returns,
+/// both are in the log, and a tear anywhere in that write leaves the checkpoint only with every
+/// record it covers.
+#[tokio::test]
+async fn an_append_with_checkpoints_stores_them_after_its_records_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+        let batch = |from: u64| (from..from + 3).map(|i| (record(i, 20), None)).collect();
+        let ids = spool
+            .append_batch_with_checkpoints(batch(0), vec![("src".into(), b"3".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(ids, SpoolId(0)..SpoolId(3));
+        assert_eq!(spool.checkpoint_value("src").as_deref(), Some(&b"3"[..]));
+        spool
+            .append_batch_with_checkpoints(batch(3), vec![("src".into(), b"6".to_vec())])
+            .await
+            .unwrap();
+        let long_key = "k".repeat(kpl::spool::MAX_CHECKPOINT_KEY_BYTES + 1);
+        assert!(matches!(
+            spool
+                .append_batch_with_checkpoints(batch(6), vec![(long_key, Vec::new())])
+                .await,
+            Err(SpoolError::Unstorable(_))
+        ));
+    }
+    let seg = segment_files(dir.path()).remove(0);
+    let original = std::fs::read(&seg).unwrap();
+    let (starts, len) = frame_starts(&seg);
+    // Frames: 3 records, checkpoint "3", 3 records, checkpoint "6".
+    assert_eq!(starts.len(), 8);
+    for cut in starts[4]..=len {
+        let case = tempfile::tempdir().unwrap();
+        std::fs::write(
+            case.path().join(seg.file_name().unwrap()),
+            &original[..cut as usize],
+        )
+        .unwrap();
+        let spool = Spool::open(case.path(), SpoolConfig::default()).unwrap();
+        let records = read_all(&spool).len();
+        let expected: &[u8] = if cut == len { b"6" } else { b"3" };
+        assert_eq!(
+            spool.checkpoint_value("src").as_deref(),
+            Some(expected),
+            "cut at {cut}"
+        );
+        assert!(records >= 3 && (cut < len || records == 6), "cut at {cut}");
+    }
+}
+
+/// A batch that fits a segment starts a new one rather than straddling two: the rotation
+/// between them (syncs, a new file) would leave a crash window in which its first records
+/// are kept without the checkpoint that covers them.
+#[tokio::test]
+async fn a_batch_with_checkpoints_that_fits_a_segment_is_not_split_across_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), small(4096, 1 << 20)).unwrap();
+    spool.append(record(0, 3000), None).await.unwrap();
+    let batch = (1..11).map(|i| (record(i, 100), None)).collect();
+    let ids = spool
+        .append_batch_with_checkpoints(batch, vec![("src".into(), b"11".to_vec())])
+        .await
+        .unwrap();
+    drop(spool);
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let second: u64 = files[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(second, ids.start.0, "the batch starts the second segment");
+}

@@ -1,6 +1,7 @@
 //! Producer settings: one struct, KPL names and defaults where the KPL has them, and one
 //! [`ProducerConfig::validate`] that checks everything against Kinesis's limits.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::codec::frame::Dictionary;
@@ -9,6 +10,7 @@ use crate::limits::{
     MAX_PUT_RECORDS_ENTRIES, SHARD_WRITE_BYTES_PER_SEC,
 };
 use crate::producer::backoff::BackoffConfig;
+use crate::spool::SpoolConfig;
 
 /// KPL `AggregationMaxSize`: the largest aggregate, in encoded bytes. 52 172: a twentieth of a
 /// shard's 1 MiB/s less room for a 256-byte partition key, so a backlogged shard's second holds
@@ -142,6 +144,32 @@ pub struct ProducerConfig {
     /// For reproducible tests only: producers given the same seed draw the same dedup
     /// producer id, so their dedup ids collide.
     pub rng_seed: Option<u64>,
+    /// Keep every record in a durable spool on disk from the moment it is accepted until it
+    /// is stored or has failed for good (see [`crate::spool`]). Used by
+    /// [`SpooledProducer::connect`](crate::producer::SpooledProducer::connect);
+    /// [`Producer::new`](crate::producer::Producer::new) and `connect` refuse a config that
+    /// names one (their per-record futures live in memory). Default `None`.
+    pub spool: Option<SpoolSettings>,
+}
+
+/// Where and how a producer spools its records: [`ProducerConfig::spool`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// The spool directory (created if missing; one process at a time).
+    pub dir: PathBuf,
+    /// Sync policy (default every 100 ms), size cap (default 1 GiB) and what appends do at
+    /// the cap (default: wait); see [`SpoolConfig`].
+    pub config: SpoolConfig,
+}
+
+impl SpoolSettings {
+    /// A spool in `dir` with the default [`SpoolConfig`].
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SpoolSettings {
+            dir: dir.into(),
+            config: SpoolConfig::default(),
+        }
+    }
 }
 
 impl Default for ProducerConfig {
@@ -167,6 +195,7 @@ impl Default for ProducerConfig {
             dedup_ids: false,
             strict_ordering: false,
             rng_seed: None,
+            spool: None,
         }
     }
 }
@@ -295,6 +324,17 @@ impl ProducerConfig {
             self.max_concurrent_requests,
             "at least 1",
         )?;
+        if let Some(spool) = &self.spool {
+            check(
+                !spool.dir.as_os_str().is_empty(),
+                "spool",
+                &spool.dir,
+                "a spool directory (not an empty path)",
+            )?;
+            if let Err(e) = spool.config.validate() {
+                check(false, "spool", &spool.config, e.to_string())?;
+            }
+        }
         if let Compression::Zstd { level } | Compression::ZstdDictionary { level, .. } =
             self.compression
         {
@@ -361,6 +401,33 @@ mod tests {
         for c in bad {
             let err = c.validate().unwrap_err();
             assert!(!err.requirement.is_empty(), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_spool_is_validated_like_the_other_fields() {
+        let ok = ProducerConfig {
+            spool: Some(SpoolSettings::new("/var/spool/kpl")),
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        for spool in [
+            SpoolSettings::new(""),
+            SpoolSettings {
+                config: SpoolConfig {
+                    max_bytes: 4096,
+                    ..SpoolConfig::default()
+                },
+                ..SpoolSettings::new("/var/spool/kpl")
+            },
+        ] {
+            let err = ProducerConfig {
+                spool: Some(spool),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.field, "spool", "{err}");
         }
     }
 

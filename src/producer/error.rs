@@ -172,6 +172,15 @@ pub enum FailureReason {
         /// The last attempt's error.
         last_error: String,
     },
+    /// The producer could not take the record, so it was never sent: a
+    /// [`SpooledProducer`](crate::producer::SpooledProducer) found it in its spool, kept there
+    /// by a producer with other limits (a larger `max_record_bytes`, say). Fix the record or
+    /// the limits and resend it (it is in the spool's dead-letter file).
+    #[error("the producer cannot send it ({reason}); it was never sent")]
+    Refused {
+        /// Why the producer refused it.
+        reason: SendErrorReason,
+    },
     /// [`Producer::abort`](crate::producer::Producer::abort) was called before the record was
     /// resolved.
     #[error("the producer was aborted before the record was resolved; {}", stored_note(*.maybe_stored))]

@@ -93,7 +93,7 @@ pub mod stage_bench;
 mod unwind;
 
 pub use crate::client::sdk::ConnectOptions;
-pub use config::{Compression, ConfigError, ProducerConfig};
+pub use config::{Compression, ConfigError, ProducerConfig, SpoolSettings};
 pub use error::{
     FailureReason, FlushError, ProducerError, RecordFailure, SendBatchError, SendError,
     SendErrorReason,
@@ -226,6 +226,14 @@ impl Producer {
         dedup_producer: Option<u64>,
     ) -> Result<Producer, ProducerError> {
         config.validate()?;
+        if let Some(spool) = &config.spool {
+            return Err(ConfigError {
+                field: "spool",
+                value: format!("{:?}", spool.dir),
+                requirement: "Producer::new / connect keep records in memory: use SpooledProducer::connect (or SpooledProducer::new) for a spooled producer, or set spool to None".into(),
+            }
+            .into());
+        }
         let stream = StreamId::parse(stream);
         let stream_error = |source| ProducerError::Stream {
             stream: stream.to_string(),

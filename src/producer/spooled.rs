@@ -19,8 +19,23 @@
 //! record resent after a restart carries the id of its first sending and a
 //! [`Deduper`](crate::dedup::Deduper) drops the copy.
 //!
-//! Expiry is the spool's: the in-memory `record_ttl` is raised to its maximum (7 days), so
-//! records wait out an outage and the spool's size cap decides (block or refuse new ones).
+//! Expiry is the spool's: the in-memory `record_ttl` is raised to its maximum (7 days) and
+//! `max_attempts` is unlimited, so records wait out an outage and the spool's size cap decides
+//! (block or refuse new ones); only a fatal answer (or a record the producer refuses: one
+//! spooled under larger limits) fails a record for good.
+//!
+//! Stopping: [`shutdown`](SpooledProducer::shutdown) waits until the spool is empty;
+//! [`abort`](SpooledProducer::abort), and dropping the last handle without either, give up at
+//! once and leave what is unresolved in the spool for the next process, as a crash would (after
+//! a drop the directory is unlocked once the feeder task has stopped, moments later).
+//!
+//! # `ProducerConfig::spool` and `Producer`
+//!
+//! [`ProducerConfig::spool`] names a spool for [`SpooledProducer::connect`].
+//! [`Producer::new`] and [`Producer::connect`] refuse a config that names one, with an error
+//! that says to use `SpooledProducer`: their per-record futures live in memory, and a future
+//! per record is exactly what lets memory grow with the backlog, so a spooled record's outcome
+//! is a [`Delivery`] report instead (one pipeline: this module feeds a plain `Producer`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,9 +48,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::client::KinesisApi;
 use crate::dedup::DedupId;
 use crate::producer::config::MAX_RECORD_TTL_SECS;
-use crate::producer::error::{FailureReason, ProducerError, SendErrorReason};
+use crate::producer::error::{FailureReason, ProducerError, RecordFailure, SendErrorReason};
 use crate::producer::record::{BatchFuture, RecordResult};
-use crate::producer::{FlushError, Producer, ProducerConfig};
+use crate::producer::{ConfigError, ConnectOptions, FlushError, Producer, ProducerConfig};
 use crate::record::UserRecord;
 use crate::spool::{Spool, SpoolConfig, SpoolEntry, SpoolError, SpoolId};
 
@@ -123,6 +138,7 @@ impl SpooledProducer {
     /// task that feeds it from the spool, oldest record first (those an earlier process left,
     /// then what [`append`](Self::append) adds). Returns the delivery reports' receiver: read
     /// it (or drop it) — outcomes wait while it is full, and with them the buffer room.
+    /// `config.spool` is ignored: the spool is `dir` with `spool_config`.
     pub async fn new(
         api: Arc<dyn KinesisApi>,
         stream: &str,
@@ -130,6 +146,9 @@ impl SpooledProducer {
         dir: impl Into<PathBuf>,
         spool_config: SpoolConfig,
     ) -> Result<(SpooledProducer, mpsc::Receiver<Vec<Delivery>>), SpooledProducerError> {
+        // The spool is the one given here; the inner producer keeps records in memory.
+        config.spool = None;
+        config.validate().map_err(ProducerError::from)?;
         let dir = dir.into();
         let spool = tokio::task::spawn_blocking(move || Spool::open(dir, spool_config))
             .await
@@ -152,7 +171,10 @@ impl SpooledProducer {
         } else {
             None
         };
+        // Expiry is the spool's: neither the TTL nor the attempt count ends a record that a
+        // retry may still store (an outage of any length); only a fatal answer does.
         config.record_ttl = Duration::from_secs(MAX_RECORD_TTL_SECS);
+        config.max_attempts = u32::MAX;
         let max_records = config.max_outstanding_records.min(FEED_BATCH_RECORDS);
         let max_bytes = config.max_outstanding_bytes.min(FEED_BATCH_BYTES);
         let producer = Producer::with_dedup_producer(api, stream, config, dedup_producer).await?;
@@ -188,6 +210,56 @@ impl SpooledProducer {
         ))
     }
 
+    /// A spooled producer for `stream` on the spool [`ProducerConfig::spool`] names, connected
+    /// as [`Producer::connect`] connects (endpoint, credentials and region found as the AWS
+    /// CLI finds them). A config without a spool is refused with a [`ConfigError`] naming the
+    /// `spool` field.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use kpl::UserRecord;
+    /// use kpl::producer::{ConnectOptions, ProducerConfig, SpoolSettings, SpooledProducer};
+    /// let config = ProducerConfig {
+    ///     spool: Some(SpoolSettings::new("/var/spool/kpl")),
+    ///     ..ProducerConfig::default()
+    /// };
+    /// let (producer, mut reports) =
+    ///     SpooledProducer::connect("my-stream", ConnectOptions::default(), config).await?;
+    /// tokio::spawn(async move {
+    ///     while let Some(batch) = reports.recv().await {
+    ///         for delivery in batch {
+    ///             if let Err(failure) = delivery.result {
+    ///                 eprintln!("record {} is a dead letter: {failure}", delivery.id);
+    ///             }
+    ///         }
+    ///     }
+    /// });
+    /// producer.append(UserRecord::new("user-42", "hello")).await?; // on disk now
+    /// producer.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        stream: &str,
+        options: ConnectOptions,
+        config: ProducerConfig,
+    ) -> Result<(SpooledProducer, mpsc::Receiver<Vec<Delivery>>), SpooledProducerError> {
+        config.validate().map_err(ProducerError::from)?;
+        let Some(spool) = config.spool.clone() else {
+            return Err(ProducerError::from(ConfigError {
+                field: "spool",
+                value: "None".into(),
+                requirement: "SpooledProducer::connect needs a spool directory: set spool to Some(SpoolSettings::new(DIR)), or use Producer::connect".into(),
+            })
+            .into());
+        };
+        let options = ConnectOptions {
+            attempt_timeout: options.attempt_timeout.or(Some(config.request_timeout)),
+            ..options
+        };
+        let api = crate::client::connect(options).await;
+        SpooledProducer::new(api, stream, config, spool.dir, spool.config).await
+    }
+
     /// Validates `record` and stores it in the spool: accepted once this returns. Its outcome
     /// arrives as a [`Delivery`] with the returned id.
     pub async fn append(&self, record: UserRecord) -> Result<SpoolId, AppendError> {
@@ -199,6 +271,19 @@ impl SpooledProducer {
     pub async fn append_batch(
         &self,
         records: Vec<UserRecord>,
+    ) -> Result<std::ops::Range<SpoolId>, AppendError> {
+        self.append_batch_with_checkpoints(records, Vec::new())
+            .await
+    }
+
+    /// [`append_batch`](Self::append_batch) and, in the same write to the spool, the
+    /// checkpoints `(key, value)` (see [`Spool::append_batch_with_checkpoints`]): e.g. the
+    /// position in the input after these records, so a restart resumes there and neither
+    /// reads them again nor skips one.
+    pub async fn append_batch_with_checkpoints(
+        &self,
+        records: Vec<UserRecord>,
+        checkpoints: Vec<(String, Vec<u8>)>,
     ) -> Result<std::ops::Range<SpoolId>, AppendError> {
         for (index, record) in records.iter().enumerate() {
             if self.inner.closed.load(Ordering::SeqCst) {
@@ -217,7 +302,12 @@ impl SpooledProducer {
         // Counted before the append, so an outcome never arrives before its count.
         progress.unresolved.fetch_add(n, Ordering::SeqCst);
         let batch = records.into_iter().map(|r| (r, None)).collect();
-        match self.inner.spool.append_batch(batch).await {
+        match self
+            .inner
+            .spool
+            .append_batch_with_checkpoints(batch, checkpoints)
+            .await
+        {
             Ok(ids) => Ok(ids),
             Err(e) => {
                 progress.unresolved.fetch_sub(n, Ordering::SeqCst);
@@ -245,7 +335,8 @@ impl SpooledProducer {
         })
     }
 
-    /// Records in the spool not yet stored or failed for good.
+    /// Records in the spool not yet stored or failed for good, counting those of an append
+    /// still under way (waiting for room, say) from the moment it was called.
     pub fn unresolved(&self) -> u64 {
         self.inner.progress.unresolved.load(Ordering::SeqCst)
     }
@@ -270,8 +361,8 @@ impl SpooledProducer {
         self.inner.spool.sync().await
     }
 
-    /// Stops taking records, waits for everything in the spool to resolve ([`flush`]
-    /// (Self::flush)), stops the producer and the feeder, and syncs the spool. The spool
+    /// Stops taking records, waits for everything in the spool to resolve
+    /// ([`flush`](Self::flush)), stops the producer and the feeder, and syncs the spool. The spool
     /// directory is closed (unlocked) once the last clone of this handle is dropped.
     pub async fn shutdown(&self) -> Result<(), FlushError> {
         self.inner.closed.store(true, Ordering::SeqCst);
@@ -313,24 +404,40 @@ impl Feeder {
     async fn run(self, max_records: usize, max_bytes: usize, mut stop: watch::Receiver<bool>) {
         let mut reader = self.spool.reader(max_records, max_bytes);
         let mut pending = JoinSet::new();
-        'feed: loop {
+        // Told to stop (shutdown, abort, or the last handle dropped), or ended on its own.
+        let stopped = loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = stop.changed() => break true,
                 Some(_) = pending.join_next(), if !pending.is_empty() => {}
                 batch = reader.recv() => match batch {
-                    None => break,
+                    None => break false,
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "cannot read the spool back; records stay in it for the next run");
-                        break;
+                        break false;
                     }
                     Some(Ok(entries)) => {
-                        if !self.feed(entries, &mut pending).await {
-                            break 'feed;
+                        // Waiting for buffer room must not outlast a stop.
+                        let fed = tokio::select! {
+                            biased;
+                            _ = stop.changed() => None,
+                            fed = self.feed(entries, &mut pending) => Some(fed),
+                        };
+                        match fed {
+                            None => break true,
+                            Some(false) => break false,
+                            Some(true) => {}
                         }
                     }
                 },
             }
+        };
+        if stopped {
+            // After a shutdown nothing is left to abort; after `abort` it is done already;
+            // when the last handle was dropped without either, what the producer holds fails
+            // with `Aborted` and stays in the spool for the next process (as after a crash)
+            // instead of waiting out its TTL in a producer nobody can reach.
+            self.producer.abort().await;
         }
         // Outcomes of what was handed over still arrive (all at once after an abort).
         while pending.join_next().await.is_some() {}
@@ -358,6 +465,7 @@ impl Feeder {
             Err(e) => {
                 // A record the producer refuses (limits changed since an earlier process
                 // spooled it) or a batch too large: one at a time, refused ones dead-lettered.
+                let mut refused = Vec::new();
                 for ((id, seq), record) in ids.into_iter().zip(seqs).zip(e.records) {
                     match self
                         .producer
@@ -375,10 +483,23 @@ impl Feeder {
                             return false;
                         }
                         Err(e) => {
-                            self.spool.fail(id, e.reason.to_string());
-                            self.resolved(1);
+                            let failure = RecordFailure {
+                                reason: FailureReason::Refused { reason: e.reason },
+                                attempts: Vec::new(),
+                                record: e.records.into_iter().next(),
+                            };
+                            self.spool.fail(id, failure.to_string());
+                            refused.push(Delivery {
+                                id,
+                                result: Err(failure),
+                            });
                         }
                     }
+                }
+                let n = refused.len() as u64;
+                if n > 0 {
+                    let _ = self.reports.send(refused).await;
+                    self.resolved(n);
                 }
                 true
             }

@@ -124,6 +124,16 @@ use crate::record::UserRecord;
 use segment::{MAX_FRAME_BODY_BYTES, SegmentMeta};
 use writer::{Op, Writer, WriterParts};
 
+fn check_checkpoint_key(key: &str) -> Result<(), SpoolError> {
+    if key.len() > MAX_CHECKPOINT_KEY_BYTES {
+        return Err(SpoolError::Unstorable(format!(
+            "a checkpoint key of {} bytes is longer than the {MAX_CHECKPOINT_KEY_BYTES} allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
 /// An entry's id in its spool: increasing in append order, never reused in that directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpoolId(pub u64);
@@ -345,6 +355,24 @@ impl Spool {
         &self,
         records: Vec<(UserRecord, Option<DedupId>)>,
     ) -> Result<Range<SpoolId>, SpoolError> {
+        self.append_batch_with_checkpoints(records, Vec::new())
+            .await
+    }
+
+    /// [`Spool::append_batch`], then [`Spool::checkpoint`] of each `(key, value)`, handled by
+    /// the writer as one operation: the checkpoints are written right after the records, in the
+    /// same buffered write, never in a later batch. A file source's position stored so is in
+    /// the log with the lines it covers: a crash between the two (which would make a restart
+    /// read those lines again and spool them under new ids) needs the process to die inside
+    /// that one `write(2)`.
+    pub async fn append_batch_with_checkpoints(
+        &self,
+        records: Vec<(UserRecord, Option<DedupId>)>,
+        checkpoints: Vec<(String, Vec<u8>)>,
+    ) -> Result<Range<SpoolId>, SpoolError> {
+        for (key, _) in &checkpoints {
+            check_checkpoint_key(key)?;
+        }
         let n = records.len() as u64;
         let mut bytes = 0u64;
         for (record, dedup_id) in &records {
@@ -394,7 +422,11 @@ impl Spool {
             }
         }
         let (reply, answer) = oneshot::channel();
-        self.inner.send(Op::Append { records, reply })?;
+        self.inner.send(Op::Append {
+            records,
+            checkpoints,
+            reply,
+        })?;
         let first = answer.await.map_err(|_| {
             SpoolError::Stopped("the spool's writer thread ended before answering".into())
         })??;
@@ -430,12 +462,7 @@ impl Spool {
     /// [`Spool::checkpoint_value`] returns the latest one that survived, which never covers a
     /// record that did not. Does not wait.
     pub fn checkpoint(&self, key: &str, value: Vec<u8>) -> Result<(), SpoolError> {
-        if key.len() > MAX_CHECKPOINT_KEY_BYTES {
-            return Err(SpoolError::Unstorable(format!(
-                "a checkpoint key of {} bytes is longer than the {MAX_CHECKPOINT_KEY_BYTES} allowed",
-                key.len()
-            )));
-        }
+        check_checkpoint_key(key)?;
         self.inner.send(Op::Checkpoint {
             key: key.to_string(),
             value,

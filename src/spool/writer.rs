@@ -36,6 +36,8 @@ pub(crate) enum Op {
     /// Answered with the first id given to the records (the others follow in order).
     Append {
         records: Vec<(UserRecord, Option<DedupId>)>,
+        /// Written right after the records, in the same buffered write.
+        checkpoints: Vec<(String, Vec<u8>)>,
         reply: oneshot::Sender<Result<u64, SpoolError>>,
     },
     Ack(Vec<u64>),
@@ -225,10 +227,19 @@ impl Writer {
 
     fn handle(&mut self, op: Op, replies: &mut Vec<Reply>) {
         match op {
-            Op::Append { records, reply } => {
+            Op::Append {
+                records,
+                checkpoints,
+                reply,
+            } => {
                 let r = match &self.stopped {
                     Some(why) => Err(SpoolError::Stopped(why.clone())),
-                    None => self.append(records),
+                    None => self.append(records, &checkpoints).and_then(|first| {
+                        for (key, value) in checkpoints {
+                            self.checkpoint(key, value)?;
+                        }
+                        Ok(first)
+                    }),
                 };
                 if let Err(e) = &r
                     && !matches!(e, SpoolError::Stopped(_))
@@ -255,8 +266,32 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, records: Vec<(UserRecord, Option<DedupId>)>) -> Result<u64, SpoolError> {
+    fn append(
+        &mut self,
+        records: Vec<(UserRecord, Option<DedupId>)>,
+        checkpoints: &[(String, Vec<u8>)],
+    ) -> Result<u64, SpoolError> {
         let first = self.next_id;
+        // A batch that fits a segment is not split across two: a rotation (sync, new file,
+        // directory sync) between its records and its checkpoints would be a window of
+        // milliseconds in which a crash keeps the first records without the checkpoint that
+        // covers them.
+        let batch_bytes: u64 = records
+            .iter()
+            .map(|(r, d)| segment::record_frame_bytes(r, *d))
+            .chain(
+                checkpoints
+                    .iter()
+                    .map(|(k, v)| FRAME_HEADER_BYTES + 3 + k.len() as u64 + v.len() as u64),
+            )
+            .sum();
+        let has_records = self.shared.lock().segments[&self.active.first].count > 0;
+        if has_records
+            && self.active.len + batch_bytes > self.config.segment_bytes
+            && batch_bytes <= self.config.segment_bytes
+        {
+            self.rotate()?;
+        }
         for (record, dedup_id) in records {
             let frame_bytes = segment::record_frame_bytes(&record, dedup_id);
             let has_records = self.shared.lock().segments[&self.active.first].count > 0;

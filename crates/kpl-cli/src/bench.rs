@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,12 +15,15 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use kpl::UserRecord;
 use kpl::limits::{SHARD_WRITE_BYTES_PER_SEC, SHARD_WRITE_RECORDS_PER_SEC};
-use kpl::producer::{BatchFuture, MetricsSnapshot, Producer, RecordFuture};
+use kpl::producer::{
+    BatchFuture, Delivery, MetricsSnapshot, Producer, RecordFuture, SpooledProducer,
+};
+use kpl::spool::{SpoolConfig, SpoolId, SyncPolicy};
 use kpl_sim::{Sim, SimConfig, SimHandle};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::common::{ConnectArgs, ProducerArgs, parse_duration};
@@ -64,13 +68,24 @@ pub struct Args {
     /// A record's latency is then its batch's: until the last of its records is stored.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     send_batch: Option<u64>,
+    /// Run through a durable spool in DIR (`SpooledProducer`): each batch is appended to the
+    /// spool (accepted once written there), fed to the producer from it, and acknowledged
+    /// once stored. Records go in with `append_batch`, `--send-batch` at a time (default 64);
+    /// a closed loop keeps at most `--max-outstanding-records` unresolved. A record's latency
+    /// is append to its delivery report. What an earlier run left in DIR is sent first.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// With --spool: when the spool syncs its writes to disk: `every` (before each append
+    /// returns), `interval:DUR` (default interval:100ms), `never` (the OS decides).
+    #[arg(long, value_name = "POLICY", value_parser = parse_spool_sync, requires = "spool")]
+    spool_sync: Option<SyncPolicy>,
     /// Seed of the load generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write every figure as JSON here.
     ///
     /// Fields: target, shards, duration_seconds; load (record_size, keys, key_dist, payload,
-    /// rate, send_batch, user_records_offered); totals at the end: user_records_put,
+    /// rate, send_batch, user_records_offered, spool, spool_sync); totals at the end: user_records_put,
     /// user_records_failed, user_bytes_put, kinesis_records_put, kinesis_bytes_put,
     /// put_records_calls, retries (user records sent again), throttled_entries (Kinesis
     /// entries), throttled_fraction (of the entries sent); during_load, over the --duration:
@@ -102,6 +117,24 @@ pub struct Args {
     #[command(flatten)]
     producer: ProducerArgs,
 }
+
+/// `--spool-sync`: every, interval:DUR or never.
+fn parse_spool_sync(s: &str) -> Result<SyncPolicy, String> {
+    match s {
+        "every" => Ok(SyncPolicy::EveryRecord),
+        "never" => Ok(SyncPolicy::Never),
+        _ => match s.strip_prefix("interval:") {
+            Some(d) => match parse_duration(d)? {
+                d if d.is_zero() => Err("a sync interval of 0 is `every`: say that".into()),
+                d => Ok(SyncPolicy::Interval(d)),
+            },
+            None => Err("use every, interval:DUR (e.g. interval:100ms) or never".into()),
+        },
+    }
+}
+
+/// Records per `append_batch` with `--spool` and no `--send-batch`.
+const DEFAULT_SPOOL_BATCH: u64 = 64;
 
 /// Most shards of the embedded simulator's stream: beyond, the load per shard is too thin for
 /// the figures to mean anything, and creating the stream takes long.
@@ -362,19 +395,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let deadline = start + args.duration;
-    let (tx, latency) = spawn_latency(start);
     let sampler = spawn_sampler(target.producer.clone(), start, deadline, args.quiet);
-    let offered = offer_load(&args, &target.producer, start, deadline, tx).await?;
-    let at_deadline = target.producer.metrics();
-    target.producer.flush().await?;
-    let elapsed_all = start.elapsed();
-    let latency = latency.await?;
+    let (offered, at_deadline, elapsed_all, latency) = match &target.spooled {
+        None => {
+            let (tx, latency) = spawn_latency(start);
+            let offered = offer_load(&args, &target.producer, start, deadline, tx).await?;
+            let at_deadline = target.producer.metrics();
+            target.producer.flush().await?;
+            (offered, at_deadline, start.elapsed(), latency.await?)
+        }
+        Some((spooled, reports)) => {
+            let reports = reports.lock().await.take().expect("taken once");
+            let room = Arc::new(Semaphore::new(args.producer.max_outstanding_records));
+            let (tx, latency) = spawn_spool_latency(start, reports, room.clone());
+            let offered = offer_spool_load(&args, spooled, start, deadline, tx, room).await?;
+            let at_deadline = target.producer.metrics();
+            spooled.flush().await?;
+            (offered, at_deadline, start.elapsed(), latency.await?)
+        }
+    };
     let mut samples = sampler.await?;
     for s in &mut samples {
         s.latency_ms = latency.percentiles_of_second(s.second);
     }
     let end = target.producer.metrics();
-    target.producer.shutdown().await?;
+    match &target.spooled {
+        None => target.producer.shutdown().await?,
+        Some((spooled, _)) => spooled.shutdown().await?,
+    }
     let measured = Measured {
         target: &target,
         offered,
@@ -444,10 +492,18 @@ fn print_records(args: &Args, n: u64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+type SpooledTarget = (
+    SpooledProducer,
+    tokio::sync::Mutex<Option<mpsc::Receiver<Vec<Delivery>>>>,
+);
+
 /// Where the load goes: the embedded simulator, or the endpoint's stream.
 struct Target {
     sim: Option<SimHandle>,
+    /// The producer; with `--spool`, the one the spool feeds.
     producer: Producer,
+    /// With `--spool`: the spooled producer and its delivery reports (until the run takes them).
+    spooled: Option<SpooledTarget>,
     /// Open shards.
     shards: usize,
     description: String,
@@ -478,9 +534,27 @@ impl Target {
             Some(sim) => sim.api(),
             None => args.connect.api(config.request_timeout).await,
         };
-        let producer = match Producer::new(api, &args.stream, config).await {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(crate::common::exit_for_producer_error(&e))),
+        let (producer, spooled) = match &args.spool {
+            None => match Producer::new(api, &args.stream, config).await {
+                Ok(p) => (p, None),
+                Err(e) => return Ok(Err(crate::common::exit_for_producer_error(&e))),
+            },
+            Some(dir) => {
+                let spool_config = SpoolConfig {
+                    sync: args.spool_sync.unwrap_or_default(),
+                    ..SpoolConfig::default()
+                };
+                match SpooledProducer::new(api, &args.stream, config, dir, spool_config).await {
+                    Ok((p, reports)) => (
+                        p.producer().clone(),
+                        Some((p, tokio::sync::Mutex::new(Some(reports)))),
+                    ),
+                    Err(kpl::producer::SpooledProducerError::Producer(e)) => {
+                        return Ok(Err(crate::common::exit_for_producer_error(&e)));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let (shards, description) = match &sim {
             Some(_) => (
@@ -508,6 +582,7 @@ impl Target {
         Ok(Ok(Target {
             sim,
             producer,
+            spooled,
             shards,
             description,
         }))
@@ -546,6 +621,27 @@ impl Latency {
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
     }
 
+    fn new() -> Self {
+        Latency {
+            all: Latency::histogram(),
+            per_second: Vec::new(),
+            failed: 0,
+        }
+    }
+
+    /// `stored` records sent at `sent` were stored now, `lost` failed.
+    fn record(&mut self, start: Instant, sent: Instant, stored: u64, lost: u64) {
+        let now = Instant::now();
+        let micros = (now - sent).as_micros().max(1) as u64;
+        let _ = self.all.record_n(micros, stored);
+        let second = (now - start).as_secs() as usize;
+        if self.per_second.len() <= second {
+            self.per_second.resize_with(second + 1, Latency::histogram);
+        }
+        let _ = self.per_second[second].record_n(micros, stored);
+        self.failed += lost;
+    }
+
     /// p50, p90 and p99 in ms of the records acked in the second that ends at `second`.
     fn percentiles_of_second(&self, second: u64) -> Option<[f64; 3]> {
         let h = self.per_second.get(second.checked_sub(1)? as usize)?;
@@ -563,11 +659,7 @@ fn spawn_latency(
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Outcomes)>();
     let task = tokio::spawn(async move {
-        let mut latency = Latency {
-            all: Latency::histogram(),
-            per_second: Vec::new(),
-            failed: 0,
-        };
+        let mut latency = Latency::new();
         let mut pending = FuturesUnordered::new();
         let mut open = true;
         loop {
@@ -577,15 +669,7 @@ fn spawn_latency(
                     None => open = false,
                 },
                 Some((sent, (stored, lost))) = pending.next(), if !pending.is_empty() => {
-                    let now = Instant::now();
-                    let micros = (now - sent).as_micros().max(1) as u64;
-                    let _ = latency.all.record_n(micros, stored);
-                    let second = (now - start).as_secs() as usize;
-                    if latency.per_second.len() <= second {
-                        latency.per_second.resize_with(second + 1, Latency::histogram);
-                    }
-                    let _ = latency.per_second[second].record_n(micros, stored);
-                    latency.failed += lost;
+                    latency.record(start, sent, stored, lost);
                 }
                 else => break,
             }
@@ -593,6 +677,129 @@ fn spawn_latency(
         latency
     });
     (tx, task)
+}
+
+/// `--spool`: the task that reads the delivery reports and times each record from the append
+/// of its batch (sent on the returned channel as its id range) to its report, giving its room
+/// back to the closed loop. Ends once the channel is closed and every batch is reported.
+fn spawn_spool_latency(
+    start: Instant,
+    mut reports: mpsc::Receiver<Vec<Delivery>>,
+    room: Arc<Semaphore>,
+) -> (
+    mpsc::UnboundedSender<(std::ops::Range<SpoolId>, Instant)>,
+    tokio::task::JoinHandle<Latency>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(std::ops::Range<SpoolId>, Instant)>();
+    let task = tokio::spawn(async move {
+        let mut latency = Latency::new();
+        // First id of each batch -> (end, sent, records not yet reported).
+        let mut batches: std::collections::BTreeMap<u64, (u64, Instant, u64)> =
+            std::collections::BTreeMap::new();
+        // Reports may come before their batch's range: kept until it does.
+        let mut early: Vec<Delivery> = Vec::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                item = rx.recv(), if open => match item {
+                    Some((ids, sent)) => {
+                        batches.insert(ids.start.0, (ids.end.0, sent, ids.end.0 - ids.start.0));
+                        let waiting = std::mem::take(&mut early);
+                        settle(start, &mut latency, &mut batches, &mut early, waiting, &room);
+                    }
+                    None => open = false,
+                },
+                batch = reports.recv() => match batch {
+                    Some(batch) => settle(start, &mut latency, &mut batches, &mut early, batch, &room),
+                    None => break,
+                },
+            }
+            if !open && batches.is_empty() {
+                break;
+            }
+        }
+        latency
+    });
+    (tx, task)
+}
+
+fn settle(
+    start: Instant,
+    latency: &mut Latency,
+    batches: &mut std::collections::BTreeMap<u64, (u64, Instant, u64)>,
+    early: &mut Vec<Delivery>,
+    deliveries: Vec<Delivery>,
+    room: &Semaphore,
+) {
+    for d in deliveries {
+        let Some((&first, batch)) = batches.range_mut(..=d.id.0).next_back() else {
+            early.push(d);
+            continue;
+        };
+        if d.id.0 >= batch.0 {
+            early.push(d);
+            continue;
+        }
+        let (stored, lost) = if d.result.is_ok() { (1, 0) } else { (0, 1) };
+        latency.record(start, batch.1, stored, lost);
+        room.add_permits(1);
+        batch.2 -= 1;
+        if batch.2 == 0 {
+            batches.remove(&first);
+        }
+    }
+}
+
+/// `--spool`: appends batches until the deadline; each batch's ids go to `appended`. A closed
+/// loop waits for `room` (what the reports give back). Returns the user records offered.
+async fn offer_spool_load(
+    args: &Args,
+    spooled: &SpooledProducer,
+    start: Instant,
+    deadline: Instant,
+    appended: mpsc::UnboundedSender<(std::ops::Range<SpoolId>, Instant)>,
+    room: Arc<Semaphore>,
+) -> anyhow::Result<u64> {
+    let mut load = Load::new(args);
+    let mut offered = 0u64;
+    let n = args.send_batch.unwrap_or(DEFAULT_SPOOL_BATCH);
+    if args.rate.is_none() && n > args.producer.max_outstanding_records as u64 {
+        anyhow::bail!(
+            "--send-batch {n} is more than --max-outstanding-records {}: a closed loop could never offer a batch",
+            args.producer.max_outstanding_records
+        );
+    }
+    let offer = async {
+        loop {
+            match args.rate {
+                Some(rate) => {
+                    let due = start + Duration::from_secs_f64(offered as f64 / rate);
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                    }
+                }
+                None => room
+                    .acquire_many(n.min(u32::MAX as u64) as u32)
+                    .await
+                    .expect("never closed")
+                    .forget(),
+            }
+            let records: Vec<UserRecord> = (0..n).map(|_| load.next()).collect();
+            let sent = Instant::now();
+            let ids = spooled
+                .append_batch(records)
+                .await
+                .map_err(|e| anyhow::anyhow!("the spool refused a batch: {e}"))?;
+            offered += n;
+            if appended.send((ids, sent)).is_err() {
+                return Ok::<(), anyhow::Error>(());
+            }
+        }
+    };
+    if let Ok(result) = tokio::time::timeout_at(deadline, offer).await {
+        result?;
+    }
+    Ok(offered)
 }
 
 /// The task that takes a sample every second until half a second past the deadline: a line per
@@ -759,6 +966,8 @@ fn build_report(args: &Args, m: &Measured<'_>) -> serde_json::Value {
             "rate": args.rate,
             "send_batch": args.send_batch,
             "user_records_offered": m.offered,
+            "spool": args.spool.as_ref().map(|d| d.display().to_string()),
+            "spool_sync": args.spool.as_ref().map(|_| format!("{:?}", args.spool_sync.unwrap_or_default())),
         },
         "user_records_put": end.user_records_put,
         "user_records_failed": m.failed,

@@ -15,6 +15,10 @@ use kpl::producer::config::{
     DEFAULT_MAX_OUTSTANDING_RECORDS, DEFAULT_RATE_LIMIT_PERCENT, DEFAULT_ZSTD_LEVEL,
 };
 use kpl::producer::{Compression, ProducerConfig, ProducerError};
+use kpl::spool::{
+    DEFAULT_MAX_SPOOL_BYTES, DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, SpoolConfig, SyncPolicy,
+    WhenFull,
+};
 
 /// Where Kinesis is.
 #[derive(clap::Args, Debug, Clone)]
@@ -168,6 +172,68 @@ impl ProducerArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The disk spool (`--spool DIR`): see `kpl::spool`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SpoolArgs {
+    /// Spool every line to this directory before sending it: a line counts as taken once it
+    /// is on disk, and a restart of the same command (after a crash, a kill -9, a reboot) first
+    /// sends what the spool still holds, then resumes each --file where it stopped. Failures
+    /// for good go to DIR/dead-letters.jsonl with their reason.
+    #[arg(long = "spool", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When the spool syncs to disk: `every-record` (a machine crash loses nothing spooled),
+    /// a DURATION such as `100ms` (a machine crash loses up to that much), or `never` (the OS
+    /// decides). A crash of kpl alone loses nothing with any policy.
+    #[arg(long, value_name = "POLICY", default_value = "100ms", value_parser = parse_sync_policy, requires = "dir")]
+    pub spool_sync: SyncPolicy,
+    /// Largest the spool grows, in bytes of records on disk.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_SPOOL_BYTES, requires = "dir")]
+    pub spool_max_bytes: u64,
+    /// What happens to lines when the spool is full: `block` (reading waits for Kinesis to
+    /// catch up) or `refuse` (they fail at once, with reason SpoolFull, to --failed).
+    #[arg(long, value_name = "block|refuse", default_value = "block", value_parser = parse_when_full, requires = "dir")]
+    pub spool_when_full: WhenFull,
+}
+
+impl SpoolArgs {
+    /// The spool's settings; segments are a quarter of the cap at most (16 MiB by default),
+    /// so that a small cap still frees space as records are stored.
+    pub fn config(&self) -> SpoolConfig {
+        let segment_bytes =
+            (self.spool_max_bytes / 4).clamp(MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES);
+        SpoolConfig {
+            sync: self.spool_sync,
+            max_bytes: self.spool_max_bytes,
+            when_full: self.spool_when_full,
+            segment_bytes,
+        }
+    }
+}
+
+/// `every-record`, `never`, or a duration (`100ms`).
+pub fn parse_sync_policy(s: &str) -> Result<SyncPolicy, String> {
+    match s {
+        "every-record" => Ok(SyncPolicy::EveryRecord),
+        "never" => Ok(SyncPolicy::Never),
+        _ => match parse_duration(s) {
+            Ok(d) if d.is_zero() => Ok(SyncPolicy::EveryRecord),
+            Ok(d) => Ok(SyncPolicy::Interval(d)),
+            Err(_) => Err(format!(
+                "{s:?} is not a sync policy: use every-record, never, or a duration such as 100ms"
+            )),
+        },
+    }
+}
+
+/// `block` or `refuse`.
+pub fn parse_when_full(s: &str) -> Result<WhenFull, String> {
+    match s {
+        "block" => Ok(WhenFull::Block),
+        "refuse" => Ok(WhenFull::Refuse),
+        _ => Err(format!("{s:?}: use block or refuse")),
     }
 }
 

@@ -16,13 +16,13 @@ mod common;
 mod cpu;
 mod decode;
 mod dict;
+mod input;
 mod metrics_export;
 mod plot;
 mod progress;
 mod put;
+mod put_spool;
 mod sim;
-// `kpl put --file`: not wired into put.rs yet (issue 19's integration does that).
-#[allow(dead_code)]
 mod source;
 
 /// Kinesis Data Streams producer and reader.
@@ -39,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Put stdin lines into a stream, one user record per line.
+    /// Put lines (stdin, or --file) into a stream, one user record per line.
     Put(put::Args),
     /// Read a stream back: every shard, parents before children, deaggregated.
     Cat(cat::Args),

@@ -1,4 +1,5 @@
-//! `kpl put --stream NAME`: every stdin line becomes one user record.
+//! `kpl put --stream NAME`: every line of stdin (or of the `--file`s, see [`crate::input`])
+//! becomes one user record. With `--spool DIR`, [`crate::put_spool`] runs instead.
 //!
 //! Lines are bytes: invalid UTF-8 is data. The trailing `\n` (and a `\r` before it) is removed;
 //! empty lines are skipped and counted (Kinesis gains nothing from an empty record and log
@@ -27,7 +28,9 @@ use kpl::{HashKey, UserRecord};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch};
 
-use crate::common::{ConnectArgs, ProducerArgs, exit_for_producer_error};
+use crate::common::{ConnectArgs, ProducerArgs, SpoolArgs, exit_for_producer_error};
+use crate::input::{FileLines, Input, Line, LineReader, coalesce_time, read_stdin};
+use crate::source::{Checkpoint, FileSource, FileSourceConfig};
 
 /// Arguments of `kpl put`.
 #[derive(clap::Args, Debug)]
@@ -35,39 +38,55 @@ use crate::common::{ConnectArgs, ProducerArgs, exit_for_producer_error};
 Every line read is stored or written to --failed, and counted in the summary, however the run \
 ends. At the end of input the last records are sent at once. SIGINT or SIGTERM stops reading \
 at once and sends what was read; a second one exits at once and writes every line not yet \
-stored to --failed (their calls may have been in flight: they may be in the stream too). A \
+stored to --failed (their calls may have been in flight: they may be in the stream too); with \
+--spool it leaves them in the spool instead, for the next run (lines of a --file not yet \
+spooled stay in the file). With --spool, --record-ttl and --max-attempts do not apply: records wait in the \
+spool until Kinesis takes them or they fail for good (then in DIR/dead-letters.jsonl). A \
 line longer than the largest record (10 MiB) is skipped as it is read and reported (line \
 number and length, on stderr and in the summary): it cannot be copied to --failed.
 
 Exit status, first match wins: 2 a fatal configuration, stream or credential error (also \
 mid-run); 130 (SIGINT) or 143 (SIGTERM) a signal stopped the run and some lines read were not \
-stored; 1 some lines failed; 0 every line read was stored, signal or not.")]
+stored (records left in the spool count as not stored); 1 some lines failed; 0 every line \
+read was stored, signal or not.")]
 pub struct Args {
     /// Stream name or ARN.
     #[arg(long)]
-    stream: String,
+    pub(crate) stream: String,
+    /// Read lines from this file instead of stdin (repeatable: each file to its end, in
+    /// order; with --follow all at once). With --spool, a restart resumes each file where the
+    /// last run left it.
+    #[arg(long = "file", value_name = "PATH")]
+    pub(crate) files: Vec<PathBuf>,
+    /// Keep reading the --file(s) as they grow, and follow rotation as `tail -F` does (rename:
+    /// the old file is read to its end first; copy-and-truncate: lines written between kpl's
+    /// last read and the truncate are lost). Runs until SIGINT or SIGTERM.
+    #[arg(long, requires = "files")]
+    pub(crate) follow: bool,
     /// How each line's partition key is chosen: `random` (spreads evenly), `fixed:VALUE`,
     /// `json:FIELD` (a top-level field of an NDJSON line), or `line` (a hash of the line, so
     /// equal lines share a shard).
     #[arg(long, default_value = "random", value_parser = KeyStrategy::parse)]
-    partition_key: KeyStrategy,
+    pub(crate) partition_key: KeyStrategy,
     /// Route every record by this explicit hash key (decimal, 0 to 2^128-1).
     #[arg(long, value_parser = parse_hash_key)]
-    explicit_hash_key: Option<HashKey>,
+    pub(crate) explicit_hash_key: Option<HashKey>,
     /// Write every line that was not stored to this file (one per line, as read; a line
     /// longer than the largest record cannot be copied here).
     #[arg(long)]
-    failed: Option<PathBuf>,
+    pub(crate) failed: Option<PathBuf>,
     /// Write the end-of-run summary as JSON to this file.
     #[arg(long)]
-    summary_json: Option<PathBuf>,
+    pub(crate) summary_json: Option<PathBuf>,
     /// No progress line and no summary on stderr.
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
     #[command(flatten)]
-    connect: ConnectArgs,
+    pub(crate) connect: ConnectArgs,
     #[command(flatten)]
-    producer: ProducerArgs,
+    pub(crate) producer: ProducerArgs,
+    #[command(flatten)]
+    pub(crate) spool: SpoolArgs,
 }
 
 /// How a line's partition key is chosen.
@@ -96,7 +115,11 @@ impl KeyStrategy {
     }
 
     /// The key for `line`, or why the line has none.
-    fn key_for(&self, line: &[u8], rng: &mut rand::rngs::SmallRng) -> Result<String, String> {
+    pub(crate) fn key_for(
+        &self,
+        line: &[u8],
+        rng: &mut rand::rngs::SmallRng,
+    ) -> Result<String, String> {
         use rand::Rng;
         match self {
             KeyStrategy::Random => Ok(format!("{:016x}", rng.random::<u64>())),
@@ -128,24 +151,50 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 
 /// What the run did, for the summary.
 #[derive(Default, Debug)]
-struct Tally {
-    lines_read: u64,
-    empty_lines_skipped: u64,
-    stored: u64,
-    stored_bytes: u64,
-    failed: BTreeMap<String, u64>,
+pub(crate) struct Tally {
+    pub lines_read: u64,
+    pub empty_lines_skipped: u64,
+    pub stored: u64,
+    pub stored_bytes: u64,
+    pub failed: BTreeMap<String, u64>,
     /// Lines longer than the largest record: (line number, length), the first
     /// `LONG_LINES_LISTED` of them.
-    long_lines: Vec<(u64, u64)>,
-    fatal: Option<String>,
+    pub long_lines: Vec<(u64, u64)>,
+    pub fatal: Option<String>,
+    /// With `--spool`.
+    pub spool: Option<SpoolTally>,
+}
+
+/// What a run on a spool found and left there.
+#[derive(Default, Debug)]
+pub(crate) struct SpoolTally {
+    pub dir: PathBuf,
+    /// Records an earlier run left in the spool (sent first; counted in `stored` / `failed`
+    /// as they resolve).
+    pub recovered: u64,
+    /// Torn or corrupt parts of the spool skipped when it was opened.
+    pub problems: u64,
+    /// Records that failed for good (in the spool's dead-letter file).
+    pub dead_letters: u64,
+    /// Records not stored at the end (a second signal, a fatal error): the next run sends them.
+    pub left_in_spool: u64,
+    /// File lines read but not spooled at the end: the next run reads them again.
+    pub left_in_files: u64,
 }
 
 impl Tally {
-    fn failed_total(&self) -> u64 {
+    pub fn failed_total(&self) -> u64 {
         self.failed.values().sum()
     }
 
-    fn fail(&mut self, reason: impl Into<String>) {
+    /// Records and lines neither stored nor failed: left in the spool or in their files.
+    fn left(&self) -> u64 {
+        self.spool
+            .as_ref()
+            .map_or(0, |s| s.left_in_spool + s.left_in_files)
+    }
+
+    pub fn fail(&mut self, reason: impl Into<String>) {
         *self.failed.entry(reason.into()).or_default() += 1;
     }
 }
@@ -153,9 +202,9 @@ impl Tally {
 /// Reason of a line longer than the largest record: skipped while read, never held.
 const LINE_TOO_LONG: &str = "LineTooLong";
 /// Reason of a line read but not handed to the producer because a fatal error stopped the run.
-const NOT_SENT: &str = "NotSent";
+pub(crate) const NOT_SENT: &str = "NotSent";
 /// Reason of a line whose record had not resolved when a second signal ended the run.
-const INTERRUPTED: &str = "Interrupted";
+pub(crate) const INTERRUPTED: &str = "Interrupted";
 /// Long lines listed in the summary (all are counted).
 const LONG_LINES_LISTED: usize = 1000;
 
@@ -190,7 +239,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Signals are watched before anything else, so one during startup stops the run
     // instead of killing it.
     let stop = Stop::default();
-    watch_signals(stop.clone());
+    watch_signals(stop.clone(), args.spool.dir.is_some());
+    if args.spool.dir.is_some() {
+        return crate::put_spool::run(args, config, stop).await;
+    }
     let api = args.connect.api(config.request_timeout).await;
     let producer = match Producer::new(api, &args.stream, config).await {
         Ok(p) => p,
@@ -215,7 +267,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ehk = args.explicit_hash_key;
         // Lines longer than any record Kinesis takes are skipped, not held.
         let longest = producer.max_record_bytes().max(LARGEST_MAX_RECORD_BYTES);
-        let lines = LineReader::new(read_stdin(coalesce), longest);
+        let lines = open_input(&args, longest, coalesce, |_| Checkpoint::default()).await?;
         tokio::spawn(async move { read_lines(producer, strategy, ehk, lines, stop, tx).await })
     };
 
@@ -341,11 +393,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&tally, state))
 }
 
+/// Stdin, or the `--file`s opened at `start(path)`, lines longer than `longest` skipped.
+pub(crate) async fn open_input(
+    args: &Args,
+    longest: usize,
+    coalesce: Duration,
+    start: impl Fn(&std::path::Path) -> Checkpoint,
+) -> anyhow::Result<Input> {
+    if args.files.is_empty() {
+        return Ok(Input::Stdin(LineReader::new(read_stdin(coalesce), longest)));
+    }
+    let config = FileSourceConfig {
+        follow: args.follow,
+        max_line_bytes: longest,
+        ..FileSourceConfig::default()
+    };
+    let mut sources = Vec::with_capacity(args.files.len());
+    for (index, path) in args.files.iter().enumerate() {
+        let source = FileSource::open(path, start(path), config.clone())
+            .await
+            .with_context(|| format!("cannot read --file {}", path.display()))?;
+        sources.push((index, path.clone(), source));
+    }
+    Ok(Input::Files(FileLines::start(
+        sources,
+        args.follow,
+        longest,
+    )))
+}
+
 /// The exit status, first match wins: 2 a fatal error (configuration, stream, credentials,
 /// also mid-run); 130 / 143 a signal (SIGINT / SIGTERM) stopped the run and some lines read
 /// were not stored; 1 some lines failed; 0 every line read was stored, signal or not.
-fn exit_code(tally: &Tally, state: StopState) -> ExitCode {
-    let some_failed = tally.failed_total() > 0;
+pub(crate) fn exit_code(tally: &Tally, state: StopState) -> ExitCode {
+    let some_failed = tally.failed_total() + tally.left() > 0;
     match state.signal {
         _ if tally.fatal.is_some() => ExitCode::from(2),
         Some(signal) if some_failed => ExitCode::from(signal.exit_code()),
@@ -400,7 +481,16 @@ async fn exit_now(
     Ok(())
 }
 
-fn tally_long_line(tally: &mut Tally, number: u64, length: u64) {
+/// A line of stdin longer than `longest`, on stderr (a file's were reported as read: number 0).
+pub(crate) fn report_long_line(number: u64, length: u64, longest: usize) {
+    if number > 0 {
+        eprintln!(
+            "kpl put: line {number} is {length} bytes, longer than the largest record ({longest} bytes): skipped (it cannot be copied to --failed)"
+        );
+    }
+}
+
+pub(crate) fn tally_long_line(tally: &mut Tally, number: u64, length: u64) {
     tally.fail(LINE_TOO_LONG);
     if tally.long_lines.len() < LONG_LINES_LISTED {
         tally.long_lines.push((number, length));
@@ -425,7 +515,7 @@ async fn read_lines(
     producer: Producer,
     strategy: KeyStrategy,
     ehk: Option<HashKey>,
-    mut input: LineReader,
+    mut input: Input,
     stop: Stop,
     tx: mpsc::Sender<Outcome>,
 ) -> anyhow::Result<ReadEnd> {
@@ -450,14 +540,11 @@ async fn read_lines(
                 line = input.next() => line?,
             },
         };
-        let Some(line) = line else { break };
+        let Some(item) = line else { break };
         end.lines += 1;
-        match line {
+        match item.line {
             Line::TooLong { number, length } => {
-                eprintln!(
-                    "kpl put: line {number} is {length} bytes, longer than the largest record ({} bytes): skipped (it cannot be copied to --failed)",
-                    input.longest
-                );
+                report_long_line(number, length, input.longest());
                 if tx.send(Outcome::TooLong(number, length)).await.is_err() {
                     end.long.push((number, length));
                     break;
@@ -585,204 +672,9 @@ async fn send_batch(
     Ok(())
 }
 
-/// One line of input.
-#[derive(Debug, PartialEq)]
-enum Line {
-    /// Its bytes, without the `\n` (and a `\r` before it).
-    Data(Bytes),
-    /// Longer than `LineReader::longest`: skipped as it was read, never held whole.
-    TooLong {
-        /// 1-based.
-        number: u64,
-        /// Its length in bytes, without the `\n`.
-        length: u64,
-    },
-}
-
-/// Lines out of chunks of input. Memory stays bounded whatever the input: a line longer than
-/// `longest` is counted and dropped as it is read. `next` is cancel-safe: everything read
-/// is kept in `self`.
-struct LineReader {
-    chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-    /// The line read so far, when it spans chunks.
-    line: Vec<u8>,
-    /// Bytes of the current line so far, when it is over `longest` (then `line` is empty).
-    skipping: Option<u64>,
-    longest: usize,
-    number: u64,
-    eof: bool,
-}
-
-impl LineReader {
-    fn new(chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>, longest: usize) -> Self {
-        LineReader {
-            chunks,
-            chunk: Vec::new(),
-            pos: 0,
-            line: Vec::new(),
-            skipping: None,
-            longest,
-            number: 0,
-            eof: false,
-        }
-    }
-
-    /// The next line if it is complete in what was read, without waiting.
-    fn next_buffered(&mut self) -> Option<Line> {
-        let rest = self.chunk.get(self.pos..)?;
-        let i = memchr::memchr(b'\n', rest)?;
-        let chunk = std::mem::take(&mut self.chunk);
-        let line = self.end_line(&chunk[self.pos..self.pos + i]);
-        self.pos += i + 1;
-        self.chunk = chunk;
-        Some(line)
-    }
-
-    /// The next line; `None` at the end of input.
-    async fn next(&mut self) -> std::io::Result<Option<Line>> {
-        loop {
-            if self.pos < self.chunk.len() {
-                let chunk = std::mem::take(&mut self.chunk);
-                let rest = &chunk[self.pos..];
-                let line = match memchr::memchr(b'\n', rest) {
-                    Some(i) => {
-                        self.pos += i + 1;
-                        Some(self.end_line(&rest[..i]))
-                    }
-                    None => {
-                        self.append(rest);
-                        self.pos = chunk.len();
-                        None
-                    }
-                };
-                self.chunk = chunk;
-                if line.is_some() {
-                    return Ok(line);
-                }
-            }
-            if self.eof {
-                return Ok(self.take_partial());
-            }
-            match self.chunks.recv().await {
-                Some(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => self.eof = true,
-            }
-        }
-    }
-
-    /// The line read so far without its `\n` (at the end of input, or when reading stops).
-    fn take_partial(&mut self) -> Option<Line> {
-        (!self.line.is_empty() || self.skipping.is_some()).then(|| self.end_line(&[]))
-    }
-
-    /// Whether nothing more is buffered: the input is waiting for its writer.
-    fn idle(&self) -> bool {
-        self.pos >= self.chunk.len() && self.chunks.is_empty()
-    }
-
-    fn append(&mut self, part: &[u8]) {
-        if let Some(length) = &mut self.skipping {
-            *length += part.len() as u64;
-        } else if self.line.len() + part.len() > self.longest {
-            self.skipping = Some((self.line.len() + part.len()) as u64);
-            self.line = Vec::new();
-        } else {
-            // A line that spans chunks gets room for the longest line at once: no copies as
-            // it grows, and only the pages written are resident.
-            if self.line.len() + part.len() > self.line.capacity() {
-                self.line.reserve_exact(self.longest - self.line.len());
-            }
-            self.line.extend_from_slice(part);
-        }
-    }
-
-    fn end_line(&mut self, last: &[u8]) -> Line {
-        self.number += 1;
-        let mut data = if self.line.is_empty() && self.skipping.is_none() {
-            if last.len() > self.longest {
-                self.skipping = Some(last.len() as u64);
-                Vec::new()
-            } else {
-                last.to_vec()
-            }
-        } else {
-            self.append(last);
-            std::mem::take(&mut self.line)
-        };
-        if let Some(length) = self.skipping.take() {
-            return Line::TooLong {
-                number: self.number,
-                length,
-            };
-        }
-        if data.last() == Some(&b'\r') {
-            data.pop();
-        }
-        Line::Data(Bytes::from(data))
-    }
-}
-
-/// A read shorter than this means lines trickle in: the next read waits a little for more.
-const SHORT_READ: usize = 16 << 10;
-
-/// How long the stdin thread lets a trickle of lines gather before it reads again: a twentieth
-/// of the time records wait in their aggregates anyway, at most 5 ms. At a few thousand lines a
-/// second this hands over one chunk (one wake-up of the reader, one `send_batch`, one wake-up
-/// of the pipeline) per few ms instead of per line; a busy input fills its reads and never
-/// waits.
-fn coalesce_time(config: &kpl::producer::ProducerConfig) -> Duration {
-    (config.record_max_buffered_time / 20).min(Duration::from_millis(5))
-}
-
-/// Stdin in chunks, read on a thread of its own: a read cannot be cancelled, and a thread
-/// blocked in one must not keep the process from exiting (tokio's stdin would hold the
-/// runtime's shutdown until the next line). At most a few chunks wait in the channel. After a
-/// short read it sleeps `coalesce` before the next one.
-fn read_stdin(coalesce: Duration) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
-    use std::io::Read;
-    const CHUNK: usize = 256 << 10;
-    let (tx, rx) = mpsc::channel(4);
-    let spawned = std::thread::Builder::new()
-        .name("kpl-stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
-                            return;
-                        }
-                        if n < SHORT_READ && !coalesce.is_zero() {
-                            std::thread::sleep(coalesce);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.try_send(Err(e));
-        return rx;
-    }
-    rx
-}
-
 /// Which signal stopped the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Signal {
+pub(crate) enum Signal {
     Int,
     Term,
 }
@@ -806,35 +698,35 @@ impl Signal {
 
 /// Why and how far the run is stopping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct StopState {
+pub(crate) struct StopState {
     /// The first signal received.
-    signal: Option<Signal>,
+    pub signal: Option<Signal>,
     /// Signals received (SIGINT and SIGTERM).
-    signals: u32,
+    pub signals: u32,
     /// A record failed with an error no retry can fix.
-    fatal: bool,
+    pub fatal: bool,
 }
 
 impl StopState {
     /// No more lines are read (a signal or a fatal error).
-    fn reading_stopped(&self) -> bool {
+    pub fn reading_stopped(&self) -> bool {
         self.signals > 0 || self.fatal
     }
 
     /// Lines read are no longer handed to the producer: they go to `--failed`.
-    fn sending_stopped(&self) -> bool {
+    pub fn sending_stopped(&self) -> bool {
         self.fatal || self.forced()
     }
 
     /// A second signal: exit now.
-    fn forced(&self) -> bool {
+    pub fn forced(&self) -> bool {
         self.signals >= 2
     }
 }
 
 /// The stop state, shared by the signal watcher, the reader and the collector.
 #[derive(Clone)]
-struct Stop(Arc<watch::Sender<StopState>>);
+pub(crate) struct Stop(Arc<watch::Sender<StopState>>);
 
 impl Default for Stop {
     fn default() -> Self {
@@ -843,24 +735,24 @@ impl Default for Stop {
 }
 
 impl Stop {
-    fn get(&self) -> StopState {
+    pub fn get(&self) -> StopState {
         *self.0.borrow()
     }
 
-    fn update(&self, change: impl FnOnce(&mut StopState)) -> StopState {
+    pub fn update(&self, change: impl FnOnce(&mut StopState)) -> StopState {
         self.0.send_modify(change);
         self.get()
     }
 
     /// Returns once `condition` holds.
-    async fn until(&self, condition: fn(&StopState) -> bool) {
+    pub async fn until(&self, condition: fn(&StopState) -> bool) {
         let mut rx = self.0.subscribe();
         // The sender lives as long as `self`: this cannot fail.
         let _ = rx.wait_for(condition).await;
     }
 }
 
-fn watch_signals(stop: Stop) {
+fn watch_signals(stop: Stop, spooled: bool) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -876,7 +768,7 @@ fn watch_signals(stop: Stop) {
                     _ = int.recv() => Signal::Int,
                     _ = term.recv() => Signal::Term,
                 };
-                announce(&stop, signal);
+                announce(&stop, signal, spooled);
             }
         }
         #[cfg(not(unix))]
@@ -884,17 +776,22 @@ fn watch_signals(stop: Stop) {
             if tokio::signal::ctrl_c().await.is_err() {
                 return;
             }
-            announce(&stop, Signal::Int);
+            announce(&stop, Signal::Int, spooled);
         }
     });
 }
 
-fn announce(stop: &Stop, signal: Signal) {
+fn announce(stop: &Stop, signal: Signal, spooled: bool) {
     let state = stop.update(|s| {
         s.signals += 1;
         s.signal.get_or_insert(signal);
     });
-    if state.forced() {
+    if state.forced() && spooled {
+        eprintln!(
+            "\nkpl put: {}: exiting now; records not stored stay in the spool for the next run",
+            signal.name()
+        );
+    } else if state.forced() {
         eprintln!(
             "\nkpl put: {}: exiting now; lines not stored go to --failed",
             signal.name()
@@ -907,13 +804,16 @@ fn announce(stop: &Stop, signal: Signal) {
     }
 }
 
-async fn write_line(file: &mut BufWriter<tokio::fs::File>, data: &[u8]) -> anyhow::Result<()> {
+pub(crate) async fn write_line(
+    file: &mut BufWriter<tokio::fs::File>,
+    data: &[u8],
+) -> anyhow::Result<()> {
     file.write_all(data).await?;
     file.write_all(b"\n").await?;
     Ok(())
 }
 
-fn reason_label(reason: &FailureReason) -> String {
+pub(crate) fn reason_label(reason: &FailureReason) -> String {
     match reason {
         FailureReason::Fatal { code, .. } => code.clone(),
         FailureReason::Expired { .. } => "Expired".into(),
@@ -923,7 +823,7 @@ fn reason_label(reason: &FailureReason) -> String {
     }
 }
 
-fn summary_json(
+pub(crate) fn summary_json(
     tally: &Tally,
     producer: &Producer,
     elapsed: Duration,
@@ -955,10 +855,18 @@ fn summary_json(
         "signal": stop.signal.map(Signal::name),
         "forced_exit": stop.forced(),
         "stopped_by_fatal_error": tally.fatal.is_some(),
+        "spool": tally.spool.as_ref().map(|s| serde_json::json!({
+            "dir": s.dir.display().to_string(),
+            "recovered_records": s.recovered,
+            "recovery_problems": s.problems,
+            "dead_letters": s.dead_letters,
+            "left_in_spool": s.left_in_spool,
+            "left_in_files": s.left_in_files,
+        })),
     })
 }
 
-fn print_summary(tally: &Tally, producer: &Producer, elapsed: Duration) {
+pub(crate) fn print_summary(tally: &Tally, producer: &Producer, elapsed: Duration) {
     let m = producer.metrics();
     let secs = elapsed.as_secs_f64().max(1e-9);
     eprintln!(
@@ -981,81 +889,22 @@ fn print_summary(tally: &Tally, producer: &Producer, elapsed: Duration) {
     for (reason, n) in &tally.failed {
         eprintln!("kpl put:   {n} failed: {reason}");
     }
+    if let Some(s) = &tally.spool {
+        eprintln!(
+            "kpl put: spool {}: {} records recovered from an earlier run (counted above), {} corrupt parts skipped, {} dead letters, {} records left in the spool, {} file lines left to read",
+            s.dir.display(),
+            s.recovered,
+            s.problems,
+            s.dead_letters,
+            s.left_in_spool,
+            s.left_in_files
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A reader over `chunks`, lines longer than `longest` skipped.
-    fn reader(chunks: &[&[u8]], longest: usize) -> LineReader {
-        let (tx, rx) = mpsc::channel(chunks.len().max(1));
-        for c in chunks {
-            tx.try_send(Ok(c.to_vec())).unwrap();
-        }
-        LineReader::new(rx, longest)
-    }
-
-    async fn all(mut r: LineReader) -> Vec<Line> {
-        let mut out = Vec::new();
-        while let Some(line) = r.next().await.unwrap() {
-            out.push(line);
-        }
-        out
-    }
-
-    fn data(s: &str) -> Line {
-        Line::Data(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    #[tokio::test]
-    async fn lines_span_chunks_and_lose_their_line_ends() {
-        let r = reader(&[b"ab", b"c\r\nd\n\nef", b"g"], 100);
-        assert_eq!(
-            all(r).await,
-            [data("abc"), data("d"), data(""), data("efg")]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_line_over_the_limit_is_skipped_and_counted_whole() {
-        let r = reader(&[b"ok\n12345", b"678", b"9\nlast\n0123456789"], 5);
-        assert_eq!(
-            all(r).await,
-            [
-                data("ok"),
-                Line::TooLong {
-                    number: 2,
-                    length: 9
-                },
-                data("last"),
-                Line::TooLong {
-                    number: 4,
-                    length: 10
-                },
-            ]
-        );
-        // Exactly at the limit is a line.
-        let r = reader(&[b"12345\n"], 5);
-        assert_eq!(all(r).await, [data("12345")]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_partial_line_is_taken_when_reading_stops() {
-        let (tx, rx) = mpsc::channel(1);
-        tx.try_send(Ok(b"one\ntw".to_vec())).unwrap();
-        let mut r = LineReader::new(rx, 100);
-        assert_eq!(r.next().await.unwrap(), Some(data("one")));
-        assert!(!r.idle(), "\"tw\" is buffered");
-        // The input stays open: `next` waits (cancelled here); a stop takes what was read.
-        let pending = tokio::time::timeout(Duration::from_secs(1), r.next()).await;
-        assert!(pending.is_err(), "waits for more input");
-        assert!(r.idle());
-        assert_eq!(r.take_partial(), Some(data("tw")));
-        assert_eq!(r.take_partial(), None);
-        drop(tx);
-        assert_eq!(r.next().await.unwrap(), None);
-    }
 
     #[test]
     fn exit_status_first_match_wins() {
