@@ -61,7 +61,7 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::endpoint::Endpoint;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 
 mod sign;
 
@@ -649,55 +649,10 @@ fn sign_host(uri: &http::Uri) -> Option<String> {
 }
 
 /// The PutRecords body, members in the SDK's order (`Records`, then `StreamName` or
-/// `StreamARN`; per entry `Data`, `ExplicitHashKey`, `PartitionKey`).
-#[derive(Serialize)]
-struct RequestBody<'a> {
-    #[serde(rename = "Records")]
-    records: Entries<'a>,
-    #[serde(rename = "StreamName", skip_serializing_if = "Option::is_none")]
-    stream_name: Option<&'a str>,
-    #[serde(rename = "StreamARN", skip_serializing_if = "Option::is_none")]
-    stream_arn: Option<&'a str>,
-}
-
-struct Entries<'a>(&'a [PutRecordsEntry]);
-
-impl Serialize for Entries<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|e| Entry {
-            data: Base64(&e.data),
-            explicit_hash_key: e.explicit_hash_key.as_deref(),
-            partition_key: &e.partition_key,
-        }))
-    }
-}
-
-#[derive(Serialize)]
-struct Entry<'a> {
-    #[serde(rename = "Data")]
-    data: Base64<'a>,
-    #[serde(rename = "ExplicitHashKey", skip_serializing_if = "Option::is_none")]
-    explicit_hash_key: Option<&'a str>,
-    #[serde(rename = "PartitionKey")]
-    partition_key: &'a str,
-}
-
-struct Base64<'a>(&'a [u8]);
-
-impl Serialize for Base64<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&base64::display::Base64Display::new(
-            self.0,
-            &base64::engine::general_purpose::STANDARD,
-        ))
-    }
-}
-
+/// `StreamARN`; per entry `Data`, `ExplicitHashKey`, `PartitionKey`), written straight into
+/// one buffer: base64 encoded in place, strings escaped by serde_json.
 fn request_body(stream: &StreamId, entries: &[PutRecordsEntry]) -> Vec<u8> {
-    let (stream_name, stream_arn) = match stream {
-        StreamId::Name(n) => (Some(n.as_str()), None),
-        StreamId::Arn(a) => (None, Some(a.as_str())),
-    };
+    use base64::Engine as _;
     let estimate: usize = entries
         .iter()
         .map(|e| {
@@ -709,16 +664,43 @@ fn request_body(stream: &StreamId, entries: &[PutRecordsEntry]) -> Vec<u8> {
         .sum::<usize>()
         + 64;
     let mut body = Vec::with_capacity(estimate);
-    serde_json::to_writer(
-        &mut body,
-        &RequestBody {
-            records: Entries(entries),
-            stream_name,
-            stream_arn,
-        },
-    )
-    .expect("serializing strings and bytes into memory cannot fail");
+    body.extend_from_slice(b"{\"Records\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"Data\":\"");
+        let at = body.len();
+        body.resize(at + e.data.len().div_ceil(3) * 4, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&e.data, &mut body[at..])
+            .expect("the buffer holds the padded encoding");
+        body.truncate(at + written);
+        body.push(b'"');
+        if let Some(key) = &e.explicit_hash_key {
+            body.extend_from_slice(b",\"ExplicitHashKey\":");
+            json_string(&mut body, key);
+        }
+        body.extend_from_slice(b",\"PartitionKey\":");
+        json_string(&mut body, &e.partition_key);
+        body.push(b'}');
+    }
+    match stream {
+        StreamId::Name(n) => {
+            body.extend_from_slice(b"],\"StreamName\":");
+            json_string(&mut body, n);
+        }
+        StreamId::Arn(a) => {
+            body.extend_from_slice(b"],\"StreamARN\":");
+            json_string(&mut body, a);
+        }
+    }
+    body.push(b'}');
     body
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing a string into memory cannot fail");
 }
 
 #[derive(Deserialize)]
@@ -898,6 +880,64 @@ mod tests {
             ("aws.protocoltests#Foo:http://x/y", "Foo"),
         ] {
             assert_eq!(sanitize_error_code(raw), code, "{raw}");
+        }
+    }
+
+    #[test]
+    fn body_is_what_serde_json_writes() {
+        use base64::Engine as _;
+        let keys = [
+            "",
+            "k",
+            "caf\u{e9}",
+            "tab\tnew\nline",
+            "\"quoted\\",
+            "\u{1}\u{1f}\u{7f}",
+            "\u{1f600}",
+        ];
+        for n in 0..40usize {
+            let entries: Vec<PutRecordsEntry> = (0..n % 7 + 1)
+                .map(|i| PutRecordsEntry {
+                    partition_key: format!("{}{i}", keys[(n + i) % keys.len()]),
+                    explicit_hash_key: (i % 2 == 1).then(|| format!("{}", n * 1_000_003 + i)),
+                    data: bytes::Bytes::from(
+                        (0..(n * 13 + i) % 50)
+                            .map(|b| (b as u8).wrapping_mul(37))
+                            .collect::<Vec<u8>>(),
+                    ),
+                })
+                .collect();
+            let stream = if n % 2 == 0 {
+                StreamId::Name(keys[n % keys.len()].into())
+            } else {
+                StreamId::Arn("arn:aws:kinesis:eu-west-1:1:stream/s".into())
+            };
+            let records: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    let mut m = serde_json::Map::new();
+                    m.insert(
+                        "Data".into(),
+                        base64::engine::general_purpose::STANDARD
+                            .encode(&e.data)
+                            .into(),
+                    );
+                    if let Some(k) = &e.explicit_hash_key {
+                        m.insert("ExplicitHashKey".into(), k.clone().into());
+                    }
+                    m.insert("PartitionKey".into(), e.partition_key.clone().into());
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            // serde_json's map is sorted: the SDK's member order is alphabetical too.
+            let expected = match &stream {
+                StreamId::Name(s) => serde_json::json!({"Records": records, "StreamName": s}),
+                StreamId::Arn(a) => serde_json::json!({"Records": records, "StreamARN": a}),
+            };
+            assert_eq!(
+                String::from_utf8(request_body(&stream, &entries)).unwrap(),
+                expected.to_string()
+            );
         }
     }
 
