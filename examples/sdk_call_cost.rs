@@ -92,16 +92,18 @@ fn main() -> Result<(), Error> {
             Bytes::from(d)
         })
         .collect();
-    let batch = || -> Vec<PutRecordsEntry> {
-        data.iter()
-            .enumerate()
-            .map(|(i, d)| PutRecordsEntry {
-                partition_key: format!("key-{i:06}"),
-                explicit_hash_key: None,
-                data: d.clone(),
-            })
-            .collect()
-    };
+    // Built once: the caller hands over entries a producer has already made; the clone per
+    // call (what `put_records` takes by value) is the caller's part.
+    let entries: Vec<PutRecordsEntry> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| PutRecordsEntry {
+            partition_key: format!("key-{i:06}"),
+            explicit_hash_key: None,
+            data: d.clone(),
+        })
+        .collect();
+    let batch = || entries.clone();
     let stream = StreamId::Name(stream.clone());
 
     let runtime = tokio::runtime::Builder::new_current_thread()

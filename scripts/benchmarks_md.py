@@ -294,6 +294,15 @@ key and sequence number but not its data (see P2).
 
 
 
+p3_put_md = os.path.join(out, "p3_put.md")
+if os.path.exists(p3_put_md):
+    print("""## P3 as a user meets it (`scripts/p3_put.py`): `kpl put` and aiokpl fed the same JSON lines
+
+`kpl put` and aiokpl at 300, 3 000 and 30 000 lines/s and closed loop, and `kpl bench` with
+the lean and the SDK client at those rates, kinesalite, 8 shards (see the script's docstring).
+""")
+    print(open(p3_put_md).read())
+
 p3_path = os.path.join(out, "p3.json")
 p3 = json.load(open(p3_path))
 a, ks, kc, g, v = p3["aiokpl"], p3["kpl_same_rate"], p3["kpl_closed_loop"], p3["aws_kinesis_agg"], p3["versions"]

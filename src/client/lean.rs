@@ -19,6 +19,12 @@
 //!                                         errors: `x-amzn-ErrorType` / `__type` → ApiError
 //! ```
 //!
+//! Per call, this path also skips what the SDK would redo for the same result: the signing key
+//! is derived once per day (`sign.rs`, which also writes the canonical request into one
+//! buffer), the identity cache is asked at most once a second (never for credentials within
+//! 30 s of expiry), and the server's `Date` is parsed once per second it
+//! names.
+//!
 //! The request is the SDK's, byte for byte (method, path, body, signed headers, signature:
 //! `tests/lean_client.rs` checks it against the SDK's own request), minus the SDK's
 //! bookkeeping headers (`amz-sdk-invocation-id`, `amz-sdk-request`, `x-amz-user-agent`).
@@ -30,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
 use aws_credential_types::attributes::AccountId;
 use aws_sdk_kinesis::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_kinesis::config::{IdentityCache, SharedHttpClient};
@@ -54,7 +61,9 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::endpoint::Endpoint;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
+
+mod sign;
 
 use crate::client::sdk::{
     ConnectOptions, DEFAULT_CONNECT_TIMEOUT_MS, FALLBACK_REGION, SdkKinesis, https_client,
@@ -72,6 +81,11 @@ const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const SIGV4: AuthSchemeId = AuthSchemeId::new("sigv4");
 /// A round trip longer than this says nothing about the server's clock (the SDK's bound).
 const MAX_SKEW_SAMPLE_ROUND_TRIP: Duration = Duration::from_secs(15 * 60);
+/// How long an identity from the cache is used without asking the cache again.
+const IDENTITY_MEMO: Duration = Duration::from_secs(1);
+/// An identity this close to its expiry is asked of the cache on every call, as the SDK does
+/// (the cache refreshes 10-15 s ahead of expiry).
+const IDENTITY_MEMO_MARGIN: Duration = Duration::from_secs(30);
 /// Endpoints kept per client, one per (StreamARN, account id) seen; past this the cache starts
 /// over (a producer addresses one stream).
 const MAX_CACHED_ENDPOINTS: usize = 16;
@@ -163,6 +177,9 @@ struct Target {
     stream_arn: Option<String>,
     account_id: Option<String>,
     uri: http::Uri,
+    /// The `host` SigV4 signs when `sign.rs` can sign for this endpoint (path `/`, no query,
+    /// no endpoint headers, no user info); `None`: aws-sigv4 signs.
+    sign_host: Option<String>,
     signing_region: String,
     signing_name: String,
     headers: Vec<(String, String)>,
@@ -177,6 +194,11 @@ struct PutPath {
     identity_cache: SharedIdentityCache,
     /// `None` when the configuration has no credentials provider.
     identity_resolver: Option<SharedIdentityResolver>,
+    /// The last identity from the cache and until when it is used as is.
+    identity_memo: Mutex<Option<(Arc<Identity>, SystemTime)>>,
+    signer: sign::Signer,
+    /// The last `Date` answered and what it parsed to.
+    last_date: Mutex<Option<(String, SystemTime)>>,
     config_bag: ConfigBag,
     time: SharedTimeSource,
     endpoint: EndpointInputs,
@@ -237,6 +259,9 @@ impl PutPath {
             components,
             identity_cache,
             identity_resolver,
+            identity_memo: Mutex::new(None),
+            signer: sign::Signer::default(),
+            last_date: Mutex::new(None),
             config_bag: ConfigBag::base(),
             time,
             endpoint: EndpointInputs::from_sdk_config(sdk),
@@ -267,10 +292,47 @@ impl PutPath {
             .await
             .map_err(connector_error)?;
         self.observe_clock(&response, sent_at);
-        read_response(response, entries.len()).await
+        let results = read_response(response, entries.len()).await;
+        if let Err(e) = &results
+            && matches!(
+                e.kind,
+                ApiErrorKind::Credentials | ApiErrorKind::CredentialsTransient
+            )
+        {
+            // Refused credentials: the next call asks the cache again.
+            *self
+                .identity_memo
+                .lock()
+                .expect("no panic while holding the memo") = None;
+        }
+        results
     }
 
-    async fn identity(&self) -> Result<Identity, ApiError> {
+    /// The identity cache's identity, asked at most once per [`IDENTITY_MEMO`] while it is
+    /// further than [`IDENTITY_MEMO_MARGIN`] from its expiry.
+    async fn identity(&self) -> Result<Arc<Identity>, ApiError> {
+        let now = self.time.now();
+        if let Some((identity, until)) = &*self
+            .identity_memo
+            .lock()
+            .expect("no panic while holding the memo")
+            && now < *until
+        {
+            return Ok(identity.clone());
+        }
+        let identity = Arc::new(self.resolve_identity().await?);
+        let mut until = now + IDENTITY_MEMO;
+        if let Some(expiry) = identity.expiration() {
+            until = until.min(expiry.checked_sub(IDENTITY_MEMO_MARGIN).unwrap_or(now));
+        }
+        *self
+            .identity_memo
+            .lock()
+            .expect("no panic while holding the memo") = Some((identity.clone(), until));
+        Ok(identity)
+    }
+
+    async fn resolve_identity(&self) -> Result<Identity, ApiError> {
         let Some(resolver) = self.identity_resolver.clone() else {
             return Err(ApiError {
                 kind: ApiErrorKind::Credentials,
@@ -338,6 +400,41 @@ impl PutPath {
         now: SystemTime,
         body: Vec<u8>,
     ) -> Result<HttpRequest, ApiError> {
+        let signing_time = self.skewed(now);
+        if let Some(host) = &target.sign_host
+            && let Some(credentials) = identity.data::<Credentials>()
+            && credentials
+                .session_token()
+                .is_none_or(sign::token_signs_verbatim)
+        {
+            let signature = self.signer.sign(
+                host,
+                CONTENT_TYPE,
+                TARGET,
+                &body,
+                credentials,
+                signing_time,
+                &target.signing_region,
+                &target.signing_name,
+            );
+            let length = body.len().to_string();
+            let mut request = HttpRequest::new(SdkBody::from(body));
+            request
+                .set_method("POST")
+                .map_err(|e| signing_error(e.to_string()))?;
+            *request.uri_mut() = target.uri.clone().into();
+            let out = request.headers_mut();
+            out.insert("content-type", CONTENT_TYPE);
+            out.insert("x-amz-target", TARGET);
+            out.insert("content-length", length);
+            out.insert("user-agent", USER_AGENT);
+            out.insert("x-amz-date", signature.amz_date);
+            if let Some(token) = credentials.session_token() {
+                out.insert("x-amz-security-token", token.to_owned());
+            }
+            out.insert("authorization", signature.authorization);
+            return Ok(request);
+        }
         let uri = target.uri.to_string();
         let length = body.len().to_string();
         let mut headers: Vec<(&str, &str)> = vec![
@@ -348,7 +445,6 @@ impl PutPath {
         for (name, value) in &target.headers {
             headers.push((name, value));
         }
-        let signing_time = self.skewed(now);
         let params = v4::SigningParams::builder()
             .identity(identity)
             .region(&target.signing_region)
@@ -385,6 +481,24 @@ impl PutPath {
         Ok(request)
     }
 
+    /// `Date` as a time; the same text as the last answer's is not parsed again.
+    fn parse_date(&self, text: &str) -> Option<SystemTime> {
+        let mut last = self
+            .last_date
+            .lock()
+            .expect("no panic while holding the date");
+        if let Some((seen, at)) = &*last
+            && seen == text
+        {
+            return Some(*at);
+        }
+        let at = DateTime::from_str(text, DateTimeFormat::HttpDate)
+            .ok()
+            .and_then(|d| SystemTime::try_from(d).ok())?;
+        *last = Some((text.to_owned(), at));
+        Some(at)
+    }
+
     fn skewed(&self, now: SystemTime) -> SystemTime {
         let Some(skew) = &self.skew_ms else {
             return now;
@@ -411,8 +525,7 @@ impl PutPath {
         let Some(server) = response
             .headers()
             .get("date")
-            .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
-            .and_then(|d| SystemTime::try_from(d).ok())
+            .and_then(|d| self.parse_date(d))
         else {
             return;
         };
@@ -486,13 +599,14 @@ impl Target {
                 }
             }
         }
-        let headers = endpoint
+        let headers: Vec<(String, String)> = endpoint
             .headers()
             .flat_map(|(name, values)| values.map(move |v| (name.to_owned(), v.to_owned())))
             .collect();
         Ok(Target {
             stream_arn: arn.map(str::to_owned),
             account_id: account_id.map(str::to_owned),
+            sign_host: headers.is_empty().then(|| sign_host(&uri)).flatten(),
             uri,
             signing_region,
             signing_name,
@@ -501,56 +615,29 @@ impl Target {
     }
 }
 
+/// The `host` aws-sigv4 signs for `uri` (the host alone on the scheme's default port, else the
+/// authority) when `sign.rs` signs for it: path `/`, no query, no user info.
+fn sign_host(uri: &http::Uri) -> Option<String> {
+    let authority = uri.authority()?;
+    if uri.path() != "/" || uri.query().is_some() || authority.as_str().contains('@') {
+        return None;
+    }
+    let default_port = matches!(
+        (uri.scheme_str(), authority.port_u16()),
+        (_, None) | (Some("http"), Some(80)) | (Some("https"), Some(443))
+    );
+    Some(if default_port {
+        authority.host().to_owned()
+    } else {
+        authority.as_str().to_owned()
+    })
+}
+
 /// The PutRecords body, members in the SDK's order (`Records`, then `StreamName` or
-/// `StreamARN`; per entry `Data`, `ExplicitHashKey`, `PartitionKey`).
-#[derive(Serialize)]
-struct RequestBody<'a> {
-    #[serde(rename = "Records")]
-    records: Entries<'a>,
-    #[serde(rename = "StreamName", skip_serializing_if = "Option::is_none")]
-    stream_name: Option<&'a str>,
-    #[serde(rename = "StreamARN", skip_serializing_if = "Option::is_none")]
-    stream_arn: Option<&'a str>,
-}
-
-struct Entries<'a>(&'a [PutRecordsEntry]);
-
-impl Serialize for Entries<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|e| Entry {
-            data: Base64(&e.data),
-            explicit_hash_key: e.explicit_hash_key.as_deref(),
-            partition_key: &e.partition_key,
-        }))
-    }
-}
-
-#[derive(Serialize)]
-struct Entry<'a> {
-    #[serde(rename = "Data")]
-    data: Base64<'a>,
-    #[serde(rename = "ExplicitHashKey", skip_serializing_if = "Option::is_none")]
-    explicit_hash_key: Option<&'a str>,
-    #[serde(rename = "PartitionKey")]
-    partition_key: &'a str,
-}
-
-struct Base64<'a>(&'a [u8]);
-
-impl Serialize for Base64<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&base64::display::Base64Display::new(
-            self.0,
-            &base64::engine::general_purpose::STANDARD,
-        ))
-    }
-}
-
+/// `StreamARN`; per entry `Data`, `ExplicitHashKey`, `PartitionKey`), written straight into
+/// one buffer: base64 encoded in place, strings escaped by serde_json.
 fn request_body(stream: &StreamId, entries: &[PutRecordsEntry]) -> Vec<u8> {
-    let (stream_name, stream_arn) = match stream {
-        StreamId::Name(n) => (Some(n.as_str()), None),
-        StreamId::Arn(a) => (None, Some(a.as_str())),
-    };
+    use base64::Engine as _;
     let estimate: usize = entries
         .iter()
         .map(|e| {
@@ -562,16 +649,43 @@ fn request_body(stream: &StreamId, entries: &[PutRecordsEntry]) -> Vec<u8> {
         .sum::<usize>()
         + 64;
     let mut body = Vec::with_capacity(estimate);
-    serde_json::to_writer(
-        &mut body,
-        &RequestBody {
-            records: Entries(entries),
-            stream_name,
-            stream_arn,
-        },
-    )
-    .expect("serializing strings and bytes into memory cannot fail");
+    body.extend_from_slice(b"{\"Records\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"Data\":\"");
+        let at = body.len();
+        body.resize(at + e.data.len().div_ceil(3) * 4, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&e.data, &mut body[at..])
+            .expect("the buffer holds the padded encoding");
+        body.truncate(at + written);
+        body.push(b'"');
+        if let Some(key) = &e.explicit_hash_key {
+            body.extend_from_slice(b",\"ExplicitHashKey\":");
+            json_string(&mut body, key);
+        }
+        body.extend_from_slice(b",\"PartitionKey\":");
+        json_string(&mut body, &e.partition_key);
+        body.push(b'}');
+    }
+    match stream {
+        StreamId::Name(n) => {
+            body.extend_from_slice(b"],\"StreamName\":");
+            json_string(&mut body, n);
+        }
+        StreamId::Arn(a) => {
+            body.extend_from_slice(b"],\"StreamARN\":");
+            json_string(&mut body, a);
+        }
+    }
+    body.push(b'}');
     body
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing a string into memory cannot fail");
 }
 
 #[derive(Deserialize)]
@@ -754,6 +868,64 @@ mod tests {
             ("aws.protocoltests#Foo:http://x/y", "Foo"),
         ] {
             assert_eq!(sanitize_error_code(raw), code, "{raw}");
+        }
+    }
+
+    #[test]
+    fn body_is_what_serde_json_writes() {
+        use base64::Engine as _;
+        let keys = [
+            "",
+            "k",
+            "caf\u{e9}",
+            "tab\tnew\nline",
+            "\"quoted\\",
+            "\u{1}\u{1f}\u{7f}",
+            "\u{1f600}",
+        ];
+        for n in 0..40usize {
+            let entries: Vec<PutRecordsEntry> = (0..n % 7 + 1)
+                .map(|i| PutRecordsEntry {
+                    partition_key: format!("{}{i}", keys[(n + i) % keys.len()]),
+                    explicit_hash_key: (i % 2 == 1).then(|| format!("{}", n * 1_000_003 + i)),
+                    data: bytes::Bytes::from(
+                        (0..(n * 13 + i) % 50)
+                            .map(|b| (b as u8).wrapping_mul(37))
+                            .collect::<Vec<u8>>(),
+                    ),
+                })
+                .collect();
+            let stream = if n % 2 == 0 {
+                StreamId::Name(keys[n % keys.len()].into())
+            } else {
+                StreamId::Arn("arn:aws:kinesis:eu-west-1:1:stream/s".into())
+            };
+            let records: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    let mut m = serde_json::Map::new();
+                    m.insert(
+                        "Data".into(),
+                        base64::engine::general_purpose::STANDARD
+                            .encode(&e.data)
+                            .into(),
+                    );
+                    if let Some(k) = &e.explicit_hash_key {
+                        m.insert("ExplicitHashKey".into(), k.clone().into());
+                    }
+                    m.insert("PartitionKey".into(), e.partition_key.clone().into());
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            // serde_json's map is sorted: the SDK's member order is alphabetical too.
+            let expected = match &stream {
+                StreamId::Name(s) => serde_json::json!({"Records": records, "StreamName": s}),
+                StreamId::Arn(a) => serde_json::json!({"Records": records, "StreamARN": a}),
+            };
+            assert_eq!(
+                String::from_utf8(request_body(&stream, &entries)).unwrap(),
+                expected.to_string()
+            );
         }
     }
 
