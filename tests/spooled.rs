@@ -782,6 +782,37 @@ async fn flush_and_shutdown_return_in_bounded_virtual_time() {
     check_deliveries(&deliveries, &appended, &fake, dir.path());
 }
 
+/// `flush` and `shutdown` send what the producer holds at once, as `Producer::flush` does,
+/// instead of waiting out `record_max_buffered_time` in the open aggregates (they did: the
+/// last records of a `kpl put --spool` waited the whole buffered time). On the real clock: the
+/// spool's threads run in real time, and a paused clock would jump to the aggregates' deadline
+/// while they work. The timeouts guard against the half-hour wait, they measure nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_and_shutdown_do_not_wait_out_the_buffered_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(MemoryKinesis::new(4));
+    let config = ProducerConfig {
+        record_max_buffered_time: Duration::from_secs(30 * 60),
+        ..config()
+    };
+    let run = start(&fake, dir.path(), config, spool_config()).await;
+    let appended = append_all(&run.producer, (0..300).map(|i| record(i, 10))).await;
+    tokio::time::timeout(Duration::from_secs(60), run.producer.flush())
+        .await
+        .expect("flush sends the open aggregates at once")
+        .unwrap();
+    assert_eq!(run.producer.unresolved(), 0);
+    let more = append_all(&run.producer, (300..400).map(|i| record(i, 10))).await;
+    tokio::time::timeout(Duration::from_secs(60), run.producer.shutdown())
+        .await
+        .expect("shutdown sends the open aggregates at once")
+        .unwrap();
+    let deliveries = finish(run).await;
+    assert_eq!(ids_once(&deliveries).len(), 400);
+    let appended: HashMap<u64, UserRecord> = appended.into_iter().chain(more).collect();
+    check_deliveries(&deliveries, &appended, &fake, dir.path());
+}
+
 #[tokio::test(start_paused = true)]
 async fn strict_ordering_keeps_each_keys_order_under_throttling() {
     let dir = tempfile::tempdir().unwrap();

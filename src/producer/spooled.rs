@@ -349,14 +349,25 @@ impl SpooledProducer {
 
     /// Waits until every record in the spool (appended so far, or left by an earlier process)
     /// is stored or failed for good, and the spool has synced the acknowledgements.
+    ///
+    /// Like [`Producer::flush`], it does not wait out `record_max_buffered_time`: what the
+    /// producer holds is sent at once, and so is what the feeder hands over while this waits.
     pub async fn flush(&self) -> Result<(), SpoolError> {
         let progress = &self.inner.progress;
+        let producer = &self.inner.producer;
         loop {
             let changed = progress.changed.notified();
             if progress.unresolved.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            changed.await;
+            if producer.outstanding_records() > 0 {
+                // Sends every open aggregate now and waits for those records; a failed
+                // pipeline fails them, which resolves them here too.
+                let _ = producer.flush().await;
+            } else {
+                // The feeder's next hand-over (or an outcome) wakes this.
+                changed.await;
+            }
         }
         self.inner.spool.sync().await
     }
@@ -506,12 +517,14 @@ impl Feeder {
         }
     }
 
+    /// After a hand-over: the peak, and a wake-up for a `flush` waiting to send it at once.
     fn note_outstanding(&self) {
         let now = self.producer.outstanding_records() as u64;
         debug_assert!(now <= self.producer.max_outstanding_records() as u64);
         self.progress
             .peak_outstanding
             .fetch_max(now, Ordering::SeqCst);
+        self.progress.changed.notify_waiters();
     }
 
     fn resolved(&self, n: u64) {

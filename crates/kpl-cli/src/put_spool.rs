@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -227,14 +227,8 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
     // Sending: everything spooled is stored or failed (shutdown), unless a second signal or a
     // fatal error ends it (abort: what is not stored stays in the spool).
     if !forced && tally.fatal.is_none() {
-        let producer = spooled.producer().clone();
-        // The last records go at once instead of waiting --max-buffered-time in their aggregates.
-        let flusher = tokio::spawn(async move {
-            loop {
-                let _ = producer.flush().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
+        // Shutdown sends the open aggregates at once: the last records do not wait
+        // --max-buffered-time.
         let shutdown = spooled.shutdown();
         tokio::pin!(shutdown);
         loop {
@@ -253,7 +247,6 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
                 }
             }
         }
-        flusher.abort();
     }
     {
         let abort = spooled.abort();

@@ -810,3 +810,31 @@ async fn files_without_a_spool_keep_stdin_s_promises_long_lines_and_signals() {
     let all = format!("{}{}", lines("a", 100), lines("more", 20));
     assert_every_line_once_after_dedup(&all, &read_back(&sim, "kt").await, "follow");
 }
+
+/// With a spool too, the end of input sends the last records at once instead of leaving them
+/// ten minutes in the producer (`SpooledProducer::shutdown` flushes). The bound guards against
+/// the ten-minute wait; it measures nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_the_end_of_input_sends_the_last_records_at_once() {
+    let sim = kpl_sim("eof");
+    let scratch = Scratch::new("eof");
+    let spool = scratch.path("spool");
+    let input = lines("eof", 3);
+    let mut put = put(
+        &sim,
+        "eof",
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--max-buffered-time",
+            "10m",
+            "--record-ttl",
+            "20m",
+        ],
+        Some(input.clone().into_bytes()),
+    );
+    let code = wait_or_kill(&mut put, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", stderr_of(&mut put));
+    let got = read_back(&sim, "eof").await;
+    assert_every_line_once_after_dedup(&input, &got, "end of input with a spool");
+}
