@@ -75,9 +75,9 @@ pub struct Args {
     /// is append to its delivery report. What an earlier run left in DIR is sent first.
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
-    /// With --spool: when the spool syncs its writes to disk: `every` (before each append
-    /// returns), `interval:DUR` (default interval:100ms), `never` (the OS decides).
-    #[arg(long, value_name = "POLICY", value_parser = parse_spool_sync, requires = "spool")]
+    /// With --spool: when the spool syncs its writes to disk, as for `kpl put`: `every-record`
+    /// (before each append returns), a DURATION (default 100ms), `never` (the OS decides).
+    #[arg(long, value_name = "POLICY", value_parser = crate::common::parse_sync_policy, requires = "spool")]
     spool_sync: Option<SyncPolicy>,
     /// Seed of the load generator.
     #[arg(long, default_value_t = 1)]
@@ -116,21 +116,6 @@ pub struct Args {
     connect: ConnectArgs,
     #[command(flatten)]
     producer: ProducerArgs,
-}
-
-/// `--spool-sync`: every, interval:DUR or never.
-fn parse_spool_sync(s: &str) -> Result<SyncPolicy, String> {
-    match s {
-        "every" => Ok(SyncPolicy::EveryRecord),
-        "never" => Ok(SyncPolicy::Never),
-        _ => match s.strip_prefix("interval:") {
-            Some(d) => match parse_duration(d)? {
-                d if d.is_zero() => Err("a sync interval of 0 is `every`: say that".into()),
-                d => Ok(SyncPolicy::Interval(d)),
-            },
-            None => Err("use every, interval:DUR (e.g. interval:100ms) or never".into()),
-        },
-    }
 }
 
 /// Records per `append_batch` with `--spool` and no `--send-batch`.
@@ -967,7 +952,7 @@ fn build_report(args: &Args, m: &Measured<'_>) -> serde_json::Value {
             "send_batch": args.send_batch,
             "user_records_offered": m.offered,
             "spool": args.spool.as_ref().map(|d| d.display().to_string()),
-            "spool_sync": args.spool.as_ref().map(|_| format!("{:?}", args.spool_sync.unwrap_or_default())),
+            "spool_sync": args.spool.as_ref().map(|_| crate::common::sync_policy_name(args.spool_sync.unwrap_or_default())),
         },
         "user_records_put": end.user_records_put,
         "user_records_failed": m.failed,

@@ -213,18 +213,29 @@ impl SpoolArgs {
     }
 }
 
-/// `every-record`, `never`, or a duration (`100ms`).
+/// `every-record` (or `every`), `never`, or a duration (`100ms`, also as `interval:100ms`):
+/// one syntax for `kpl put` and `kpl bench`.
 pub fn parse_sync_policy(s: &str) -> Result<SyncPolicy, String> {
     match s {
-        "every-record" => Ok(SyncPolicy::EveryRecord),
+        "every-record" | "every" => Ok(SyncPolicy::EveryRecord),
         "never" => Ok(SyncPolicy::Never),
-        _ => match parse_duration(s) {
+        _ => match parse_duration(s.strip_prefix("interval:").unwrap_or(s)) {
             Ok(d) if d.is_zero() => Ok(SyncPolicy::EveryRecord),
             Ok(d) => Ok(SyncPolicy::Interval(d)),
             Err(_) => Err(format!(
                 "{s:?} is not a sync policy: use every-record, never, or a duration such as 100ms"
             )),
         },
+    }
+}
+
+/// A sync policy as `--spool-sync` takes it (for summaries and reports).
+pub fn sync_policy_name(policy: SyncPolicy) -> String {
+    match policy {
+        SyncPolicy::EveryRecord => "every-record".into(),
+        SyncPolicy::Never => "never".into(),
+        SyncPolicy::Interval(d) => format!("{}ms", d.as_millis()),
+        _ => format!("{policy:?}"),
     }
 }
 

@@ -838,3 +838,50 @@ async fn with_a_spool_the_end_of_input_sends_the_last_records_at_once() {
     let got = read_back(&sim, "eof").await;
     assert_every_line_once_after_dedup(&input, &got, "end of input with a spool");
 }
+
+/// `kpl bench --spool` runs its load through the spool: every record offered is stored, none
+/// fails, the report names the spool and its policy (in `--spool-sync`'s own syntax), and the
+/// spool is empty afterwards (everything acknowledged).
+#[test]
+fn bench_through_a_spool_stores_every_record_and_leaves_the_spool_empty() {
+    let scratch = Scratch::new("bench");
+    let spool = scratch.path("spool");
+    let report = scratch.path("report.json");
+    let out = Command::new(kpl_binary())
+        .args([
+            "bench",
+            "--shards",
+            "2",
+            "--duration",
+            "1s",
+            "--rate",
+            "500",
+        ])
+        .args(["--spool", spool.to_str().unwrap(), "--spool-sync", "every"])
+        .args(["--report", report.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let offered = report["load"]["user_records_offered"].as_u64().unwrap();
+    assert!(offered > 0, "{report}");
+    assert_eq!(
+        report["user_records_put"].as_u64(),
+        Some(offered),
+        "{report}"
+    );
+    assert_eq!(report["user_records_failed"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["load"]["spool_sync"], "every-record", "{report}");
+    assert!(
+        spool.join("LOCK").exists(),
+        "bench made no spool in {spool:?}"
+    );
+    let reopened = kpl::spool::Spool::open(&spool, kpl::spool::SpoolConfig::default()).unwrap();
+    assert_eq!(reopened.stats().entries, 0, "the spool still holds records");
+}
