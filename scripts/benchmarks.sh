@@ -111,5 +111,7 @@ scripts/setup-aiokpl.sh
   --kpl "$kpl" --out "$out/p3.json" 2>"$out/p3.txt" || { cat "$out/p3.txt" >&2; exit 1; }
 .venv-bench/bin/python scripts/p3_put.py --seconds "${P3_PUT_SECONDS:-15}" --kpl "$kpl" \
   --out "$out/p3_put.json" >"$out/p3_put.md" 2>"$out/p3_put.txt" || { cat "$out/p3_put.txt" >&2; exit 1; }
-python3 scripts/benchmarks_md.py "$out" "$secs" "${P2_SECONDS:-60}" > BENCHMARKS.md
+cp BENCHMARKS.md "$out/BENCHMARKS.previous.md"
+python3 scripts/benchmarks_md.py "$out" "$secs" "${P2_SECONDS:-60}" "$out/BENCHMARKS.previous.md" > "$out/BENCHMARKS.md"
+mv "$out/BENCHMARKS.md" BENCHMARKS.md
 echo "BENCHMARKS.md written"

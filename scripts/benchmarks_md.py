@@ -8,6 +8,16 @@ import sys
 
 out, secs = sys.argv[1], sys.argv[2]
 p2_secs = sys.argv[3] if len(sys.argv) > 3 else secs
+# The BENCHMARKS.md being replaced: its sections this script does not generate (measured by
+# their own scripts: Spool, per-call CPU, Python) are carried over as they are.
+previous = sys.argv[4] if len(sys.argv) > 4 else None
+
+import contextlib
+import io
+
+_generated = io.StringIO()
+_redirect = contextlib.redirect_stdout(_generated)
+_redirect.__enter__()
 
 
 def criterion_lines(lines):
@@ -422,3 +432,34 @@ print("""
 One record per Kinesis record, the shards' 1 000 records/s bind, not their bytes: the
 dictionary halves the bytes each record uses of the shard (and of storage and transfer), while
 records/s stay the same; aggregation is what lifts records/s (P4).""")
+
+
+# Sections recorded by their own scripts (scripts/spool_bench.sh, examples/sdk_call_cost.rs,
+# scripts/python_bench.py), by heading up to its first parenthesis.
+CARRIED_OVER = ("Spool", "Per-call CPU of the client paths", "Python: kpl for Python vs aiokpl")
+
+
+def _sections(text):
+    """heading -> the section's text (from its `## ` line to the next one)."""
+    found, name = {}, None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            name = line[3:].split("(")[0].strip()
+            found[name] = ""
+        if name is not None:
+            found[name] += line
+    return found
+
+
+_redirect.__exit__(None, None, None)
+text = _generated.getvalue()
+if previous and os.path.exists(previous):
+    made = _sections(text)
+    kept = [
+        body
+        for name, body in _sections(open(previous).read()).items()
+        if name in CARRIED_OVER and name not in made
+    ]
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(b.rstrip("\n") + "\n" for b in kept)
+sys.stdout.write(text)
