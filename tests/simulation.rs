@@ -1900,6 +1900,34 @@ fn seed_1266_order_without_faults_after_a_partial_expiry() {
     assert_seed(1266, &FOUND_WITH.into_iter().collect());
 }
 
+/// Seed 68 (reshards only; strict ordering, 22 calls at once): shards 0 and 1 merged into 2,
+/// then 2 split into 3 and 4. The aggregate of records 4..7, predicted for shard 2, was in
+/// flight when a map listing 3 and 4 arrived (another record had landed on 4): shard 2's lane
+/// was dropped with the old map, so 3 and 4 sent records 8..20 at once; the aggregate came
+/// back stored on 3 (record 7 hashes to 4), and record 7 was resent after records 9 and 11 of
+/// its key. A refresh now retires a shard with a record out: the shards holding its range
+/// wait until it is back.
+#[test]
+fn seed_68_strict_order_when_a_refresh_retires_a_shard_with_a_record_in_flight() {
+    assert_seed(68, &[Fault::Reshard].into_iter().collect());
+}
+
+/// Seed 96 (reshards only; strict ordering): an aggregate stored on a child of a split shard
+/// was resent after the refresh, but queued behind the records its shard had queued meanwhile
+/// (rechecked and requeued first), so records 76 and 61 of its keys were stored before 48 and
+/// 47. Resent misplaced records now go before everything queued.
+#[test]
+fn seed_96_strict_order_a_misplaced_aggregate_is_resent_first() {
+    assert_seed(96, &[Fault::Reshard].into_iter().collect());
+}
+
+/// Seed 138 (reshards only; strict ordering, one call at a time): the same as seed 96 with the
+/// first aggregate of the run (records 0 and 2): resent behind record 3 of record 2's key.
+#[test]
+fn seed_138_strict_order_the_first_misplaced_aggregate_is_resent_first() {
+    assert_seed(138, &[Fault::Reshard].into_iter().collect());
+}
+
 /// Seed 5567 (100 000-seed run; strict ordering, hangs of 2.5 s, TTL 11 s): a flush called at
 /// 399 ms returned after 19.2 s, 0.24 s past the explorer's bound (TTL + 2 x request timeout +
 /// backoff cap + buffered time + 2 s). Not yet diagnosed: either a record waits somewhere its
