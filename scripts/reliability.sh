@@ -7,8 +7,7 @@
 #   scripts/reliability.sh sim      only the explorer's section (the fault matrix is kept)
 #
 # Explorer knobs: KPL_SIM_SEEDS (default 100000), KPL_SIM_SEED_START (default 0), KPL_SIM_CHUNK
-# (seeds per test run, default 10000), KPL_SIM_FAULTS (families; default: all but the known
-# defects, see KNOWN_DEFECT_FAULTS in tests/simulation.rs).
+# (seeds per test run, default 10000), KPL_SIM_FAULTS (families; default: all of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}

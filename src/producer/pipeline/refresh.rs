@@ -35,6 +35,11 @@ impl Pipeline {
     /// Starts a background ListShards (with backoff on failure); until it answers, only records
     /// of one hash key are aggregated together.
     pub(super) fn request_refresh(&mut self) {
+        if self.grouping == Grouping::ByShard {
+            // The open aggregates (one per shard) hold older records of the keys the per-key
+            // aggregates will now take: finished first, they are queued first.
+            self.aggregator.finish_all(&mut self.finished);
+        }
         self.grouping = Grouping::ByHashKey;
         if self.refresh.is_some() {
             return;
