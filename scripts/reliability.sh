@@ -8,7 +8,8 @@
 #
 # Explorer knobs: KPL_SIM_SEEDS (default 100000), KPL_SIM_SEED_START (default 0), KPL_SIM_CHUNK
 # (seeds per test run, default 10000), KPL_SIM_FAULTS (families; default: all of them),
-# KPL_SIM_UNTIL (a Unix time: start no chunk after it; the figures count the seeds that ran).
+# KPL_SIM_UNTIL (a Unix time: start no chunk after it; the figures count the seeds that ran),
+# KPL_SIM_CARGO_ARGS (extra cargo arguments, e.g. --all-features to reuse such a build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -52,7 +53,7 @@ TAIL
 simulator() {
   local total=${KPL_SIM_SEEDS:-100000} first=${KPL_SIM_SEED_START:-0} chunk=${KPL_SIM_CHUNK:-10000}
   local dir; dir=$(mktemp -d)
-  cargo test --release --test simulation --no-run >/dev/null 2>&1
+  cargo test --release ${KPL_SIM_CARGO_ARGS:-} --test simulation --no-run >/dev/null 2>&1
   local started; started=$(date +%s)
   local start=$first end=$((first + total))
   local until=${KPL_SIM_UNTIL:-0}
@@ -64,7 +65,7 @@ simulator() {
     local n=$((end - start < chunk ? end - start : chunk))
     # A failing seed fails the test: its seeds are in the summary, so go on.
     KPL_SIM_SEED_START=$start KPL_SIM_SEEDS=$n KPL_SIM_SUMMARY="$dir/$start.txt" \
-      cargo test --release --test simulation seeds_keep_every_invariant >"$dir/$start.log" 2>&1 || true
+      cargo test --release ${KPL_SIM_CARGO_ARGS:-} --test simulation seeds_keep_every_invariant >"$dir/$start.log" 2>&1 || true
     [ -s "$dir/$start.txt" ] || { echo "seeds $start..$((start + n)): no summary, see $dir/$start.log" >&2; exit 1; }
     start=$((start + n))
   done
