@@ -7,8 +7,9 @@
 #   scripts/reliability.sh sim      only the explorer's section (the fault matrix is kept)
 #
 # Explorer knobs: KPL_SIM_SEEDS (default 100000), KPL_SIM_SEED_START (default 0), KPL_SIM_CHUNK
-# (seeds per test run, default 10000), KPL_SIM_FAULTS (families; default: all but the known
-# defects, see KNOWN_DEFECT_FAULTS in tests/simulation.rs).
+# (seeds per test run, default 10000), KPL_SIM_FAULTS (families; default: all of them),
+# KPL_SIM_UNTIL (a Unix time: start no chunk after it; the figures count the seeds that ran),
+# KPL_SIM_CARGO_ARGS (extra cargo arguments, e.g. --all-features to reuse such a build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -52,21 +53,26 @@ TAIL
 simulator() {
   local total=${KPL_SIM_SEEDS:-100000} first=${KPL_SIM_SEED_START:-0} chunk=${KPL_SIM_CHUNK:-10000}
   local dir; dir=$(mktemp -d)
-  cargo test --release --test simulation --no-run >/dev/null 2>&1
+  cargo test --release ${KPL_SIM_CARGO_ARGS:-} --test simulation --no-run >/dev/null 2>&1
   local started; started=$(date +%s)
   local start=$first end=$((first + total))
+  local until=${KPL_SIM_UNTIL:-0}
   while [ "$start" -lt "$end" ]; do
+    if [ "$until" -gt 0 ] && [ "$(date +%s)" -ge "$until" ]; then
+      echo "KPL_SIM_UNTIL reached: seeds $first..$start ran, $((end - start)) not started" >&2
+      break
+    fi
     local n=$((end - start < chunk ? end - start : chunk))
     # A failing seed fails the test: its seeds are in the summary, so go on.
     KPL_SIM_SEED_START=$start KPL_SIM_SEEDS=$n KPL_SIM_SUMMARY="$dir/$start.txt" \
-      cargo test --release --test simulation seeds_keep_every_invariant >"$dir/$start.log" 2>&1 || true
+      cargo test --release ${KPL_SIM_CARGO_ARGS:-} --test simulation seeds_keep_every_invariant >"$dir/$start.log" 2>&1 || true
     [ -s "$dir/$start.txt" ] || { echo "seeds $start..$((start + n)): no summary, see $dir/$start.log" >&2; exit 1; }
     start=$((start + n))
   done
   local took=$(( $(date +%s) - started ))
   cat "$dir"/*.txt | awk -v took="$took" -v first="$first" -v total="$total" \
     -v machine="$(nproc) cores, $(uname -m)" -v date="$(date -u +%Y-%m-%d)" \
-    -v commit="$(git rev-parse --short HEAD)" -v faults="${KPL_SIM_FAULTS:-default}" '
+    -v commit="$(git rev-parse --short HEAD)" -v faults="${KPL_SIM_FAULTS:-all (the default)}" '
     $1 == "failing_seed" { $1 = ""; fails[++nf] = $0; next }
     $1 ~ /^family\./ { sub(/^family\./, "", $1); fam[$1] += $2; next }
     { sum[$1] += $2 }
@@ -90,7 +96,7 @@ simulator() {
       printf "`max_outstanding_bytes` bytes fit the buffer, not one more. Every 16th seed runs twice and\n"
       printf "must give the same trace (every call, plan, reshard, store entry and outcome).\n\n"
       printf "- machine: %s; date: %s; commit: %s; release build\n", machine, date, commit
-      printf "- seeds %d..%d (%d), fault families: %s\n", first, first + total, sum["seeds"], faults
+      printf "- seeds %d..%d (%d), fault families: %s\n", first, first + sum["seeds"], sum["seeds"], faults
       printf "- wall time: %d s (%.0f seeds/s); virtual time simulated: %.0f s\n", took, sum["seeds"] / (took > 0 ? took : 1), sum["virtual_s"]
       printf "- %d records accepted, %d PutRecords calls, %d of them with a fault; %d seeds had a\n", sum["records"], sum["calls"], sum["faulty_calls"], sum["maybe_stored_seeds"]
       printf "  failed record that a call stored all the same\n"

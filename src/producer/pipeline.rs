@@ -94,6 +94,10 @@ struct ShardQueue {
     listed: bool,
     /// Strict ordering: one of its Kinesis records is in flight (or waiting to be retried).
     busy: bool,
+    /// Strict ordering: shards a refresh retired whose record is still out (see
+    /// [`Pipeline::retired`]) and whose range this shard now holds; it sends nothing until
+    /// they are back.
+    gates: u32,
 }
 
 enum Admit {
@@ -160,6 +164,11 @@ pub(crate) struct Pipeline {
     free_batches: Vec<u32>,
     /// Stored on an unexpected shard; judged when the refreshed map tells that shard's range.
     misplaced: Vec<Misplaced>,
+    /// Strict ordering: shards a refresh took out of the map while one of their Kinesis
+    /// records was still out (in flight, backing off, or waiting as misplaced), with the
+    /// shards now holding their range. Those are gated until the record is back, so that
+    /// nothing newer of its keys is sent before it is resent.
+    retired: FxHashMap<Arc<str>, Vec<Arc<str>>>,
 }
 
 struct Misplaced {
@@ -231,6 +240,7 @@ impl Pipeline {
             batches: Vec::new(),
             free_batches: Vec::new(),
             misplaced: Vec::new(),
+            retired: FxHashMap::default(),
             config,
         };
         (pipeline, done_rx, map_rx)
@@ -528,26 +538,31 @@ impl Pipeline {
         self.enqueue_at(record, now, false);
     }
 
+    /// The queue of shard `id`, made if it has none yet.
+    fn shard_queue(&mut self, id: &Arc<str>, now: Instant) -> &mut ShardQueue {
+        let config = &self.limiter_config;
+        self.shards.entry(id.clone()).or_insert_with(|| ShardQueue {
+            queue: VecDeque::new(),
+            limiter: ShardLimiter::new(config, now),
+            listed: false,
+            busy: false,
+            gates: 0,
+        })
+    }
+
     /// Queues `record` on its shard; `front`: before everything queued there.
     fn enqueue_at(&mut self, record: KinesisRecordOut, now: Instant, front: bool) {
-        let config = &self.limiter_config;
-        let shard = self
-            .shards
-            .entry(record.shard.clone())
-            .or_insert_with(|| ShardQueue {
-                queue: VecDeque::new(),
-                limiter: ShardLimiter::new(config, now),
-                listed: false,
-                busy: false,
-            });
-        if !shard.listed {
-            shard.listed = true;
-            self.waiting.push_back(record.shard.clone());
-        }
+        let id = record.shard.clone();
+        let shard = self.shard_queue(&id, now);
+        let list = !shard.listed;
+        shard.listed = true;
         if front {
             shard.queue.push_front(record);
         } else {
             shard.queue.push_back(record);
+        }
+        if list {
+            self.waiting.push_back(id);
         }
     }
 
@@ -562,6 +577,17 @@ impl Pipeline {
             if !shard.listed && !shard.queue.is_empty() {
                 shard.listed = true;
                 self.waiting.push_back(lane);
+            }
+        } else if let Some(gated) = self.retired.remove(&lane) {
+            // A shard a refresh retired: the shards holding its range may send again.
+            for id in gated {
+                if let Some(shard) = self.shards.get_mut(&id) {
+                    shard.gates = shard.gates.saturating_sub(1);
+                    if !shard.listed && !shard.queue.is_empty() {
+                        shard.listed = true;
+                        self.waiting.push_back(id);
+                    }
+                }
             }
         }
     }
@@ -609,7 +635,7 @@ impl Pipeline {
             let Some(shard) = self.shards.get_mut(id) else {
                 return Admit::Empty;
             };
-            if strict && shard.busy {
+            if strict && (shard.busy || shard.gates > 0) {
                 return Admit::Blocked;
             }
             let Some(front) = shard.queue.front() else {

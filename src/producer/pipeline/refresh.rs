@@ -35,6 +35,11 @@ impl Pipeline {
     /// Starts a background ListShards (with backoff on failure); until it answers, only records
     /// of one hash key are aggregated together.
     pub(super) fn request_refresh(&mut self) {
+        if self.grouping == Grouping::ByShard {
+            // The open aggregates (one per shard) hold older records of the keys the per-key
+            // aggregates will now take: finished first, they are queued first.
+            self.aggregator.finish_all(&mut self.finished);
+        }
         self.grouping = Grouping::ByHashKey;
         if self.refresh.is_some() {
             return;
@@ -96,13 +101,14 @@ impl Pipeline {
             shard.listed = false;
         }
         self.aggregator.finish_all(&mut queued);
-        self.map = map;
+        let old = std::mem::replace(&mut self.map, map);
         self.grouping = Grouping::ByShard;
         self.waiting.clear();
+        let now = Instant::now();
+        self.retire_lanes(&old, now);
         let open: std::collections::HashSet<&str> =
             self.map.shards().iter().map(|s| &*s.id).collect();
         self.shards.retain(|id, _| open.contains(&**id));
-        let now = Instant::now();
         // In order: what no longer fits is aggregated again in its place, before the next
         // record that still fits (a key's records keep their order across the refresh).
         let mut requeued = Vec::with_capacity(queued.len());
@@ -119,7 +125,10 @@ impl Pipeline {
         self.scatter(stale, now, &mut requeued);
         self.place(requeued, now, false);
         // Aggregates stored on an unexpected shard: delivered by the KCL if all their records
-        // lie in that shard's range (e.g. a merge), else sent again (e.g. a split).
+        // lie in that shard's range (e.g. a merge), else sent again (e.g. a split). Resent
+        // before everything queued: they are older than all of it (their shard sent nothing
+        // after them under strict ordering), and a key's records keep their order.
+        let mut resent = Vec::new();
         for m in std::mem::take(&mut self.misplaced) {
             let Misplaced {
                 mut record,
@@ -141,10 +150,66 @@ impl Pipeline {
                 self.metrics.error(&error.code, 1);
                 attempt.error = Some(error);
                 record.attempts.push(attempt);
-                let mut resent = Vec::new();
                 self.scatter([record], now, &mut resent);
-                self.place(resent, now, false);
             }
+        }
+        self.place(resent, now, true);
+    }
+
+    /// Strict ordering, on a new map: a shard it no longer lists (split, merged) may still
+    /// have a Kinesis record out (in flight, backing off, stored on an unexpected shard). Until
+    /// that record is back, the shards now holding the old shard's range send nothing, or
+    /// newer records of its keys would be stored before it is resent there. A gated shard
+    /// that is itself retired hands its gates on to the shards holding its range.
+    fn retire_lanes(&mut self, old: &ShardMap, now: Instant) {
+        if !self.config.strict_ordering {
+            return;
+        }
+        let map = &self.map;
+        let successors = |id: &str| -> Vec<Arc<str>> {
+            let Some(range) = old.range_of(id) else {
+                return Vec::new();
+            };
+            map.shards()
+                .iter()
+                .filter(|s| s.range.start <= range.end && range.start <= s.range.end)
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        let gone = |id: &str| !map.shards().iter().any(|s| &*s.id == id);
+        // Gates on shards that are going away move to the shards holding their range.
+        for gated in self.retired.values_mut() {
+            if gated.iter().any(|id| gone(id)) {
+                let mut moved = Vec::new();
+                for id in gated.drain(..) {
+                    if gone(&id) {
+                        moved.extend(successors(&id));
+                    } else {
+                        moved.push(id);
+                    }
+                }
+                moved.sort();
+                moved.dedup();
+                *gated = moved;
+            }
+        }
+        let busy: Vec<Arc<str>> = self
+            .shards
+            .iter()
+            .filter(|(id, q)| q.busy && gone(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in busy {
+            let gated = successors(&id);
+            self.retired.insert(id, gated);
+        }
+        // Count every shard's gates afresh.
+        let gated: Vec<Arc<str>> = self.retired.values().flatten().cloned().collect();
+        for shard in self.shards.values_mut() {
+            shard.gates = 0;
+        }
+        for id in gated {
+            self.shard_queue(&id, now).gates += 1;
         }
     }
 
