@@ -20,7 +20,9 @@ reads. Each run is a child process writing to its own new 8-shard stream:
 
 The runs alternate (aiokpl, kpl-send, kpl-batch, aiokpl, ...). CPU window: from the first
 record handed over until every outcome is in (time.process_time: all threads of the process,
-so kpl's runtime threads count), producer start-up excluded; the child's whole-process CPU
+so kpl's runtime threads count), producer start-up excluded; for kpl the child also reports
+the event loop's thread's own CPU in the window, the part of it spent in Python's cyclic
+garbage collector, and the producer's PutRecords counters ("pipeline"). The child's whole-process CPU
 (interpreter start, imports, reading the file, start-up) is reported apart. After each run
 the stream is read back (GetRecords, deaggregated with aws-kinesis-agg): the count must be
 50 000 and the (key, data) checksum must match.
@@ -79,6 +81,7 @@ def child(kind, endpoint, stream, path):
     import asyncio
 
     records = read_lines(path)
+    pipeline = {}
 
     async def aiokpl_run():
         from aiokpl import Config, Producer
@@ -97,8 +100,19 @@ def child(kind, endpoint, stream, path):
     async def kpl_run(batch):
         import kpl
 
+        import gc
+
+        gc_cpu = [0.0, 0.0]
+
+        def gc_timer(phase, _info):
+            if phase == "start":
+                gc_cpu[1] = time.thread_time()
+            else:
+                gc_cpu[0] += time.thread_time() - gc_cpu[1]
+
         async with kpl.Producer(stream, endpoint_url=endpoint) as producer:
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            gc.callbacks.append(gc_timer)
+            cpu0, t0, loop0 = time.process_time(), time.perf_counter(), time.thread_time()
             if batch:
                 futures = [await producer.send_batch(records[i:i + BATCH])
                            for i in range(0, len(records), BATCH)]
@@ -109,7 +123,17 @@ def child(kind, endpoint, stream, path):
                 await producer.flush()
                 results = [await f for f in futures]
             cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - t0
+            loop_cpu = time.thread_time() - loop0
+            gc.callbacks.remove(gc_timer)
+            m = producer.metrics()
         ok = sum(1 for r in results if isinstance(r, kpl.Receipt))
+        pipeline.update(
+            loop_thread_cpu_ms=round(loop_cpu * 1000, 1),
+            loop_thread_gc_ms=round(gc_cpu[0] * 1000, 1),
+            put_records_calls=m["put_records_calls"],
+            kinesis_records=m["kinesis_records_put"],
+            user_records_per_kinesis_record=round(m["user_records_per_kinesis_record"], 1),
+            kinesis_records_per_call=round(m["kinesis_records_per_put_records_request"], 1))
         return ok, cpu, elapsed
 
     if kind == "aiokpl":
@@ -120,7 +144,7 @@ def child(kind, endpoint, stream, path):
     print(json.dumps({"kind": kind, "records": len(records), "stored": ok,
                       "cpu_seconds": cpu, "elapsed_seconds": elapsed,
                       "process_cpu_seconds": usage.ru_utime + usage.ru_stime,
-                      "peak_rss_mib": usage.ru_maxrss / 1024}))
+                      "peak_rss_mib": usage.ru_maxrss / 1024, "pipeline": pipeline}))
 
 
 # ------------------------------------------------------------------------------ parent

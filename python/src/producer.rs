@@ -275,12 +275,17 @@ impl NativeProducer {
             let tuple = item.cast::<PyTuple>().map_err(|_| {
                 PyTypeError::new_err("send_batch takes a list of (partition_key, data) tuples")
             })?;
+            // Borrowed: the tuple holds its items while we read them (no reference counting).
             let (key, data, ehk) = match tuple.len() {
-                2 => (tuple.get_item(0)?, tuple.get_item(1)?, None),
+                2 => (
+                    tuple.get_borrowed_item(0)?,
+                    tuple.get_borrowed_item(1)?,
+                    None,
+                ),
                 3 => (
-                    tuple.get_item(0)?,
-                    tuple.get_item(1)?,
-                    Some(tuple.get_item(2)?),
+                    tuple.get_borrowed_item(0)?,
+                    tuple.get_borrowed_item(1)?,
+                    Some(tuple.get_borrowed_item(2)?),
                 ),
                 _ => {
                     return Err(PyTypeError::new_err(
