@@ -110,16 +110,11 @@ impl Failure {
     }
 }
 
-/// A `Receipt` the cyclic garbage collector does not walk.
-///
-/// PyO3 makes every pyclass a GC type, so each receipt counted as a container that can hold
-/// a cycle: the receipts of a `send_batch` of 500 survived the young collections and set off
-/// full collections of the whole heap (measured: 10-13 of the window's ~110 CPU ms for
-/// 50 000 records, one full collection walking every receipt held so far). A `Receipt` holds
-/// no Python object (two `Arc<str>`, two integers), so it can be in no cycle: it leaves the
-/// collector's lists at once, as CPython does for tuples and dicts of atomic values.
+/// A `Receipt` object for `receipt`. (It stays tracked by the cyclic collector: PyO3 makes
+/// every pyclass a GC type, and untracking it takes `unsafe` FFI, which this crate forbids; see
+/// BENCHMARKS.md, Python, for what that costs.)
 fn new_receipt(py: Python<'_>, receipt: kpl::producer::Receipt) -> PyResult<Bound<'_, Receipt>> {
-    let receipt = Bound::new(
+    Bound::new(
         py,
         Receipt {
             shard_id: receipt.shard_id,
@@ -127,22 +122,7 @@ fn new_receipt(py: Python<'_>, receipt: kpl::producer::Receipt) -> PyResult<Boun
             sub_sequence_number: receipt.sub_sequence_number,
             attempts: receipt.attempts.len(),
         },
-    )?;
-    untrack(&receipt);
-    Ok(receipt)
-}
-
-/// Takes a receipt off the cyclic collector's lists.
-// The one unsafe call of the crate: a C API function with no safe wrapper in PyO3 or in the
-// `gc` module, on an object this function owns.
-#[allow(unsafe_code)]
-fn untrack(receipt: &Bound<'_, Receipt>) {
-    // SAFETY: `receipt` is a live object of a GC type (PyO3 gives every pyclass
-    // Py_TPFLAGS_HAVE_GC and tracks it in tp_alloc) and we hold the GIL (`Bound`). CPython
-    // allows untracking an object at any time; it only stops the collector from visiting it,
-    // which is sound because a `Receipt` references no Python object. Its tp_dealloc untracks
-    // it again, which CPython documents as a no-op for an untracked object.
-    unsafe { pyo3::ffi::PyObject_GC_UnTrack(receipt.as_ptr().cast()) }
+    )
 }
 
 /// `kpl._types`, imported once.
