@@ -150,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.no_limits { "off" } else { "on" }
     );
     wait_for_signal().await;
-    eprintln!("kpl sim: stopping; {:?}", sim.stats());
+    eprintln!("kpl sim: stopping; {}", sim.stats());
     sim.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -103,6 +103,54 @@ pub struct SimStats {
     pub tls_handshake_failures: u64,
 }
 
+/// One line for people: `21 requests, 6 PutRecords of 222 entries (222 stored), 0 throttled by
+/// the shard limits`, then only the faults and events that happened (`; 3 hangs; 1 reshards`).
+impl std::fmt::Display for SimStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} PutRecords of {} entries ({} stored), {} throttled by the shard limits",
+            self.requests,
+            self.put_requests,
+            self.entries_seen,
+            self.entries_forwarded,
+            self.limit_throttled
+        )?;
+        let by_code = |counts: &BTreeMap<String, u64>| {
+            counts
+                .iter()
+                .map(|(code, n)| format!("{n} {code}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut fired = Vec::new();
+        if !self.entries_failed.is_empty() {
+            fired.push(format!("entries failed: {}", by_code(&self.entries_failed)));
+        }
+        if !self.request_errors.is_empty() {
+            fired.push(format!(
+                "requests failed: {}",
+                by_code(&self.request_errors)
+            ));
+        }
+        for (n, what) in [
+            (self.hangs, "hangs"),
+            (self.lost_responses, "lost answers"),
+            (self.dropped_connections, "dropped connections"),
+            (self.reshards, "reshards"),
+            (self.tls_handshake_failures, "failed TLS handshakes"),
+        ] {
+            if n > 0 {
+                fired.push(format!("{n} {what}"));
+            }
+        }
+        if !fired.is_empty() {
+            write!(f, "; {}", fired.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
 /// What to do with one request.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Decision {
@@ -218,6 +266,33 @@ impl FaultState {
 
 #[cfg(test)]
 mod tests {
+    use super::SimStats;
+
+    #[test]
+    fn stats_read_as_one_line_naming_only_what_happened() {
+        let quiet = SimStats {
+            requests: 21,
+            put_requests: 6,
+            entries_seen: 222,
+            entries_forwarded: 222,
+            ..SimStats::default()
+        };
+        assert_eq!(
+            quiet.to_string(),
+            "21 requests, 6 PutRecords of 222 entries (222 stored), 0 throttled by the shard limits"
+        );
+        let faulty = SimStats {
+            entries_failed: [("InternalFailure".to_owned(), 4)].into_iter().collect(),
+            hangs: 2,
+            reshards: 1,
+            ..quiet
+        };
+        assert_eq!(
+            faulty.to_string(),
+            "21 requests, 6 PutRecords of 222 entries (222 stored), 0 throttled by the shard \
+             limits; entries failed: 4 InternalFailure; 2 hangs; 1 reshards"
+        );
+    }
     use super::*;
 
     #[test]
