@@ -376,11 +376,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(file) = &mut failed_file {
         file.flush().await?;
     }
-    let elapsed = started.elapsed();
     let state = stop.get();
-    let summary = summary_json(&tally, &producer, elapsed, state);
+    report(&args, &tally, &producer, started.elapsed(), state)?;
+    Ok(exit_code(&tally, state))
+}
+
+/// The end of a put: the summary on stderr (unless `--quiet`), `--summary-json`, and why it
+/// stopped early if it did.
+pub(crate) fn report(
+    args: &Args,
+    tally: &Tally,
+    producer: &Producer,
+    elapsed: Duration,
+    state: StopState,
+) -> anyhow::Result<()> {
+    let summary = summary_json(tally, producer, elapsed, state);
     if !args.quiet {
-        print_summary(&tally, &producer, elapsed);
+        print_summary(tally, producer, elapsed);
     }
     if let Some(path) = &args.summary_json {
         let mut json = serde_json::to_vec_pretty(&summary)?;
@@ -390,7 +402,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fatal) = &tally.fatal {
         eprintln!("kpl put: stopped early: {fatal}");
     }
-    Ok(exit_code(&tally, state))
+    Ok(())
 }
 
 /// Stdin, or the `--file`s opened at `start(path)`, lines longer than `longest` skipped.

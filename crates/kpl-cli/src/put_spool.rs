@@ -47,7 +47,7 @@ use crate::common::exit_for_producer_error;
 use crate::input::{Input, Line, Position};
 use crate::put::{
     Args, INTERRUPTED, KeyStrategy, NOT_SENT, SpoolTally, Stop, StopState, Tally, open_input,
-    print_summary, reason_label, report_long_line, summary_json, tally_long_line, write_line,
+    reason_label, report, report_long_line, tally_long_line, write_line,
 };
 use crate::source::Checkpoint;
 
@@ -300,21 +300,9 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
     if let Some(file) = &mut failed_file {
         file.flush().await?;
     }
-    let elapsed = started.elapsed();
     let state = stop.get();
     let producer = spooled.producer().clone();
-    let summary = summary_json(&tally, &producer, elapsed, state);
-    if !args.quiet {
-        print_summary(&tally, &producer, elapsed);
-    }
-    if let Some(path) = &args.summary_json {
-        let mut json = serde_json::to_vec_pretty(&summary)?;
-        json.push(b'\n');
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(fatal) = &tally.fatal {
-        eprintln!("kpl put: stopped early: {fatal}");
-    }
+    report(&args, &tally, &producer, started.elapsed(), state)?;
     // The spool closes (flushed, synced, unlocked) when its last handle goes: off the runtime.
     drop(producer);
     let _ = tokio::task::spawn_blocking(move || {
