@@ -250,14 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
 
-    let mut failed_file = match &args.failed {
-        Some(path) => Some(BufWriter::new(
-            tokio::fs::File::create(path)
-                .await
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => None,
-    };
+    let mut failed_file = open_failed(&args).await?;
 
     let (tx, mut rx) = mpsc::channel::<Outcome>(64);
     let reader = {
@@ -271,8 +264,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move { read_lines(producer, strategy, ehk, lines, stop, tx).await })
     };
 
-    let progress = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| tokio::spawn(crate::progress::show(producer.clone())));
+    let progress = start_progress(&args, &producer);
 
     let mut tally = Tally::default();
     // Batches the producer took whose records had not resolved when a second signal came.
@@ -369,16 +361,46 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    stop_outputs(progress, &mut failed_file).await?;
+    let state = stop.get();
+    report(&args, &tally, &producer, started.elapsed(), state)?;
+    Ok(exit_code(&tally, state))
+}
+
+/// `--failed`'s file, created (emptied) at the start.
+pub(crate) async fn open_failed(args: &Args) -> anyhow::Result<Option<BufWriter<tokio::fs::File>>> {
+    Ok(match &args.failed {
+        Some(path) => Some(BufWriter::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    })
+}
+
+/// The progress line, on a terminal unless `--quiet`.
+pub(crate) fn start_progress(
+    args: &Args,
+    producer: &Producer,
+) -> Option<tokio::task::JoinHandle<()>> {
+    (!args.quiet && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(crate::progress::show(producer.clone())))
+}
+
+/// Stops the progress line and writes out `--failed` before the summary.
+pub(crate) async fn stop_outputs(
+    progress: Option<tokio::task::JoinHandle<()>>,
+    failed_file: &mut Option<BufWriter<tokio::fs::File>>,
+) -> anyhow::Result<()> {
     if let Some(p) = progress {
         p.abort();
         let _ = p.await;
     }
-    if let Some(file) = &mut failed_file {
+    if let Some(file) = failed_file {
         file.flush().await?;
     }
-    let state = stop.get();
-    report(&args, &tally, &producer, started.elapsed(), state)?;
-    Ok(exit_code(&tally, state))
+    Ok(())
 }
 
 /// The end of a put: the summary on stderr (unless `--quiet`), `--summary-json`, and why it

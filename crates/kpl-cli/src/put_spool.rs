@@ -26,7 +26,6 @@
 //!   without a spool, but leaves what is not stored in the spool.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -40,14 +39,15 @@ use kpl::producer::{
     SpooledProducerError,
 };
 use kpl::spool::SpoolError;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::BufWriter;
 use tokio::sync::mpsc;
 
 use crate::common::exit_for_producer_error;
 use crate::input::{Input, Line, Position};
 use crate::put::{
-    Args, INTERRUPTED, KeyStrategy, NOT_SENT, SpoolTally, Stop, StopState, Tally, open_input,
-    reason_label, report, report_long_line, tally_long_line, write_line,
+    Args, INTERRUPTED, KeyStrategy, NOT_SENT, SpoolTally, Stop, StopState, Tally, open_failed,
+    open_input, reason_label, report, report_long_line, start_progress, stop_outputs,
+    tally_long_line, write_line,
 };
 use crate::source::Checkpoint;
 
@@ -144,14 +144,7 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
             problem.skipped_bytes
         );
     }
-    let mut failed_file = match &args.failed {
-        Some(path) => Some(BufWriter::new(
-            tokio::fs::File::create(path)
-                .await
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => None,
-    };
+    let mut failed_file = open_failed(&args).await?;
 
     let longest = spooled
         .producer()
@@ -186,8 +179,7 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
         };
         tokio::spawn(reader.run(input))
     };
-    let progress = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| tokio::spawn(crate::progress::show(spooled.producer().clone())));
+    let progress = start_progress(&args, spooled.producer());
 
     let mut tally = Tally {
         spool: Some(SpoolTally {
@@ -293,13 +285,7 @@ pub async fn run(args: Args, config: ProducerConfig, stop: Stop) -> anyhow::Resu
         s.left_in_spool = spool.stats().entries;
         s.left_in_files = read.left_in_files;
     }
-    if let Some(p) = progress {
-        p.abort();
-        let _ = p.await;
-    }
-    if let Some(file) = &mut failed_file {
-        file.flush().await?;
-    }
+    stop_outputs(progress, &mut failed_file).await?;
     let state = stop.get();
     let producer = spooled.producer().clone();
     report(&args, &tally, &producer, started.elapsed(), state)?;
