@@ -131,30 +131,38 @@ async fn every_producer_example_runs_as_documented_with_no_aws_setup() {
         })
         .await
         .unwrap();
-        let mut cmd = Command::new(&exe);
-        cmd.arg("my-stream")
-            .env_clear()
-            .env("HOME", &home)
-            .env("AWS_ENDPOINT_URL", sim.endpoint())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(300)))
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "example {name} exited with {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_example(&name, &exe, &home, Some(sim.endpoint())).await;
         assert!(
             sim.stats().requests > 0,
             "example {name} never reached the simulator"
         );
         sim.shutdown().await;
     }
+}
+
+/// Runs example `name` (`exe my-stream`) with nothing in its environment but `HOME` (and
+/// `AWS_ENDPOINT_URL`, when given) and requires exit 0.
+async fn run_example(name: &str, exe: &Path, home: &Path, endpoint: Option<&str>) {
+    let mut cmd = Command::new(exe);
+    cmd.arg("my-stream")
+        .env_clear()
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(endpoint) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", endpoint);
+    }
+    let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(300)))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "example {name} exited with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `cmd` to its end; kills it after `limit` (a guard against a hang, not a measurement).
@@ -208,23 +216,8 @@ async fn a_local_endpoint_from_the_aws_config_profile_needs_no_credentials() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(&exe);
-    cmd.arg("my-stream")
-        .env_clear()
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(300)))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "minimal_producer exited with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // No AWS_ENDPOINT_URL: the endpoint is only in the profile.
+    run_example("minimal_producer", &exe, &home, None).await;
     assert!(
         sim.stats().requests > 0,
         "the example never reached the simulator"
